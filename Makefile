@@ -1,0 +1,37 @@
+# The two commands a user needs: `make demo` and `make test`. Each sets up what it needs from scratch.
+PYTHON ?= python3
+VENV := .venv
+ORACLE := .venv-oracle
+PY := $(VENV)/bin/python
+PIP_FLAGS := --disable-pip-version-check -q
+
+.PHONY: demo test bench setup oracle clean
+
+# The product's environment, CPU flavour: the runtime, the exporter and the test tools.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[cpu,export,test]'
+	touch $@
+
+# FlagEmbedding 1.4.2 in its own pinned environment: the oracle that the parity tests compare against.
+$(ORACLE)/.installed: tests/oracle/requirements.txt
+	$(PYTHON) -m venv $(ORACLE)
+	$(ORACLE)/bin/python -m pip install $(PIP_FLAGS) -r tests/oracle/requirements.txt
+	touch $@
+
+setup: $(VENV)/.installed
+oracle: $(ORACLE)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) -m rerank_export.demo
+
+test: $(VENV)/.installed $(ORACLE)/.installed
+	RERANK_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python $(PY) -m pytest -q
+
+bench: $(VENV)/.installed $(ORACLE)/.installed
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[cpu,export,bench]'
+	RERANK_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python $(PY) benchmarks/bench_rerank.py
+
+clean:
+	rm -rf $(VENV) $(ORACLE) .cache exports demo-models
