@@ -1,0 +1,1 @@
+"""rerank_runtime: FlagEmbedding's reranker API over ONNX Runtime and TensorRT. Never imports torch."""

@@ -1,0 +1,48 @@
+"""Typed errors. Every one says what was expected, what was found, and what to do."""
+
+from __future__ import annotations
+
+
+class RerankError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class MissingDependencyError(RerankError, ImportError):
+    """An optional dependency is not installed."""
+
+
+class UnknownFamilyError(RerankError, ValueError):
+    """A checkpoint or name that no registered model family or reranker kind matches."""
+
+
+class ModelNotFoundError(RerankError, FileNotFoundError):
+    """A model directory, hub id or artifact that is not on this machine."""
+
+
+class ArtifactError(RerankError):
+    """An export directory that is missing files, or whose files are corrupt."""
+
+
+class ManifestMismatchError(ArtifactError):
+    """manifest.json and the graph beside it disagree."""
+
+
+class UnsupportedRequestError(RerankError, ValueError):
+    """Arguments that the artifact cannot serve (a head it lacks, other compression settings, ...)."""
+
+
+class ProviderUnavailableError(RerankError):
+    """An execution provider or device that is not available, or that ONNX Runtime fell back from."""
+
+
+class ParityError(RerankError):
+    """Scores that differ from the reference by more than the tolerance."""
+
+    def __init__(self, message: str, diffs: dict[str, float] | None = None, tolerance: float | None = None):
+        super().__init__(message)
+        self.diffs = diffs or {}
+        self.tolerance = tolerance
+
+
+class EngineError(RerankError):
+    """A TensorRT engine that cannot be built or loaded here."""
