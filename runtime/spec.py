@@ -92,3 +92,17 @@ class Backend(Protocol):
     def check(self, request: GraphRequest) -> None: ...
 
     def run(self, request: GraphRequest, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+@dataclass
+class Loaded:
+    """What a loader hands to the FlagEmbedding-compatible classes.
+
+    defaults: instance defaults implied by the model (e.g. an artifact's baked cutoff_layers, compress_ratio and
+    compress_layers), used where the user passed nothing.
+    """
+
+    spec: ModelSpec
+    tokenizer: Any  # tokenizers.Tokenizer
+    backend: Backend
+    defaults: dict[str, Any] = field(default_factory=dict)
