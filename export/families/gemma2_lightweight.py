@@ -1,0 +1,82 @@
+"""bge-reranker-v2.5-gemma2-lightweight: Gemma-2 with layer exits and in-model token compression.
+
+FlagEmbedding 1.4.2 quirks reproduced on purpose (reference sections 5.4-5.6):
+- the i-th requested exit is scored with lm_head[i] (its position in the sorted cutoff list), not layer - start;
+- attention runs under SDPA, where Gemma-2's attention-logit soft-cap (50) is NOT applied; the final 30*tanh(x/30)
+  soft-cap is;
+- compression before layer c happens after the exit at layer c has been captured.
+"""
+
+from __future__ import annotations
+
+from rerank_runtime.spec import LIGHTWEIGHT
+
+from ..models.decoder import DecoderConfig
+from .base import FamilySpec
+from .decoder_common import CausalLM, decoder_config, gelu_tanh_config, layer_exits
+
+
+def _config(c: dict) -> DecoderConfig:
+    head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    return decoder_config(
+        c,
+        head_dim=head_dim,
+        attn_scale=float(c.get("query_pre_attn_scalar", head_dim)) ** -0.5,
+        embed_scale=c["hidden_size"] ** 0.5,
+        embed_scale_in_dtype=True,
+        residual_scale=1.0,
+        norm_plus_one=True,
+        act="gelu_tanh",
+        post_norms=True,
+        sliding_window=c.get("sliding_window"),
+    )
+
+
+def _layers(c: dict) -> tuple[int, int, int]:
+    return c["num_hidden_layers"], c.get("start_layer", 0), c.get("layer_sep", 1)
+
+
+def build_model(c: dict) -> CausalLM:
+    n, start, sep = _layers(c)
+    return CausalLM(_config(c), lm_head_rows=len(range(start, n + 1, sep)))
+
+
+def build_wrapper(model: CausalLM, c: dict, request, extras: dict):
+    from ..models.scoring import DecoderScorer
+
+    exits = layer_exits(model, request, lambda head: head)
+    return DecoderScorer(model.model, exits, request.compress_layers if request.compress_ratio > 1 else (),
+                         softcap=c.get("final_logit_softcapping"))
+
+
+def extra_inputs(request) -> tuple[str, ...]:
+    if request.compress_ratio <= 1:
+        return ()
+    return tuple(n for k in range(len(request.compress_layers)) for n in (f"compress_index_{k}", f"compress_weight_{k}"))
+
+
+def _size(hidden, inter, layers, heads, kv, head_dim, start) -> dict:
+    return gelu_tanh_config(
+        architectures=["CostWiseGemmaForCausalLM"], model_type="cost_wise_gemma", vocab_size=512,
+        hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=kv, head_dim=head_dim, query_pre_attn_scalar=head_dim, max_position_embeddings=8192,
+        rms_norm_eps=1e-6, rope_theta=10000.0, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+        sliding_window=4096, cache_implementation="hybrid", bos_token_id=2, eos_token_id=1, pad_token_id=0,
+        layer_wise=True, start_layer=start, layer_sep=1, tie_word_embeddings=True,
+    )
+
+
+FAMILY = FamilySpec(
+    name="gemma2_lightweight",
+    model_class=LIGHTWEIGHT,
+    architectures=("CostWiseGemmaForCausalLM",),
+    model_types=("cost_wise_gemma",),
+    tokenizer_style="gemma",
+    build_model=build_model,
+    build_wrapper=build_wrapper,
+    # real: 3584 hidden, 4x MLP, 42 layers, GQA 16/8 heads of 256, exits from layer 8
+    sizes={"tiny": _size(32, 64, 6, 4, 2, 8, 2), "mid": _size(256, 1024, 10, 4, 2, 64, 2)},
+    init_std={"tiny": 0.2, "mid": 0.02},
+    extra_inputs=extra_inputs,
+    layers=_layers,
+)
