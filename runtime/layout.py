@@ -1,0 +1,151 @@
+"""Token ids for query/passage pairs, exactly as FlagEmbedding 1.4.2 feeds its models (reference 2.3, 3.4, 4.2, 5.3).
+
+Every segment is tokenised on its own with add_special_tokens=False and truncated by slicing, which is what the HF
+fast tokenizer's truncation=True does for one sequence; the pair is then cut with HF's `only_second` rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .kinds import Kind, bos_prefix
+from .spec import ENCODER, LIGHTWEIGHT, ModelSpec
+
+
+@dataclass(frozen=True)
+class Instructions:
+    """Query/passage instructions, applied as text before tokenisation (reference 1.3)."""
+
+    query: str | None = None
+    query_format: str = "{}{}"
+    passage: str | None = None
+    passage_format: str = "{}{}"
+
+    def apply(self, queries: Sequence[str], passages: Sequence[str]) -> tuple[list[str], list[str]]:
+        return _apply(self.query, self.query_format, queries), _apply(self.passage, self.passage_format, passages)
+
+
+def _apply(instruction: str | None, fmt: str, texts: Sequence[str]) -> list[str]:
+    if instruction is None:
+        return list(texts)
+    fmt = fmt.replace("\\n", "\n")  # FlagEmbedding turns a literal backslash-n in the format into a newline
+    return [fmt.format(instruction, text) for text in texts]
+
+
+@dataclass(frozen=True)
+class LayoutSettings:
+    """Per-call length settings, already resolved."""
+
+    max_length: int
+    query_max_length: int
+    prompt: str | None = None  # decoders only; resolved (call, else instance, else the kind's default)
+
+
+def resolve_query_max_length(call: int | None, instance: int | None, max_length: int) -> int:
+    """Call value, else instance value, else max_length * 3 // 4 (reference 2.2)."""
+    if call is not None:
+        return call
+    if instance is not None:
+        return instance
+    return max_length * 3 // 4
+
+
+@dataclass
+class EncodedChunk:
+    """The ids of a run of pairs, in input order.
+
+    keys: FlagEmbedding's sort key per pair (encoder: full length; decoders: len(Q) + len(P)).
+    query_lengths / prompt_lengths: the lightweight kind's spans (reference 5.3); None for other kinds.
+    """
+
+    ids: list[list[int]]
+    keys: np.ndarray
+    query_lengths: np.ndarray | None = None
+    prompt_lengths: np.ndarray | None = None
+
+
+def plain_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
+    """A tokenizer with truncation and padding off, as HF's fast tokenizer configures it on every call.
+
+    tokenizer.json may enable either; we never mutate the caller's object (it may be shared across threads).
+    """
+    if tokenizer.truncation is None and tokenizer.padding is None:
+        return tokenizer
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
+
+
+def cut_second(first_len: int, second: list[int], limit: int) -> list[int]:
+    """HF `truncation='only_second'`: drop tokens from the right of `second` so the pair fits `limit`.
+
+    If `second` is not longer than the excess (note the strict `>`), HF logs an error and truncates nothing.
+    """
+    remove = first_len + len(second) - limit
+    if remove > 0 and len(second) > remove:
+        return second[: len(second) - remove]
+    return second
+
+
+def _token_ids(tokenizer: Tokenizer, texts: Sequence[str], limit: int | None) -> list[list[int]]:
+    encodings = tokenizer.encode_batch(list(texts), add_special_tokens=False)
+    if limit is None:
+        return [list(e.ids) for e in encodings]
+    return [list(e.ids[:limit]) for e in encodings]
+
+
+class PairEncoder:
+    """Builds FlagEmbedding's token layout for one call. Immutable after construction (safe to share)."""
+
+    def __init__(self, spec: ModelSpec, kind: Kind, tokenizer: Tokenizer, settings: LayoutSettings) -> None:
+        self.spec = spec
+        self.kind = kind
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.bos = bos_prefix(kind, spec)
+        if kind.model_class == ENCODER:
+            self.sep: list[int] = []
+            self.prompt: list[int] = []
+        else:
+            self.sep = list(tokenizer.encode("\n", add_special_tokens=False).ids)
+            self.prompt = list(tokenizer.encode(settings.prompt or "", add_special_tokens=False).ids)
+
+    def encode(self, queries: Sequence[str], passages: Sequence[str]) -> EncodedChunk:
+        """queries / passages: the instruction-applied texts."""
+        q_ids = _token_ids(self.tokenizer, queries, self.settings.query_max_length)
+        p_ids = _token_ids(self.tokenizer, passages, self.settings.max_length)
+        if self.kind.model_class == ENCODER:
+            return self._encoder(q_ids, p_ids)
+        return self._decoder(q_ids, p_ids)
+
+    def _encoder(self, q_ids: list[list[int]], p_ids: list[list[int]]) -> EncodedChunk:
+        spec, limit = self.spec, self.settings.max_length
+        prefix, middle, suffix = list(spec.pair_prefix), list(spec.pair_middle), list(spec.pair_suffix)
+        n_special = len(prefix) + len(middle) + len(suffix)
+        ids = []
+        for q, p in zip(q_ids, p_ids):
+            p = cut_second(len(q) + n_special, p, limit)
+            ids.append(prefix + q + middle + p + suffix)
+        keys = np.array([len(row) for row in ids], dtype=np.int64)
+        return EncodedChunk(ids=ids, keys=keys)
+
+    def _decoder(self, q_ids: list[list[int]], p_ids: list[list[int]]) -> EncodedChunk:
+        sep, prompt, bos = self.sep, self.prompt, self.bos
+        limit = self.settings.max_length + len(sep) + len(prompt)
+        tail = sep + prompt
+        ids = []
+        for q, p in zip(q_ids, p_ids):
+            first = bos + q
+            second = cut_second(len(first), sep + p, limit)
+            ids.append(first + second + tail)
+        keys = np.array([len(q) + len(p) for q, p in zip(q_ids, p_ids)], dtype=np.int64)
+        chunk = EncodedChunk(ids=ids, keys=keys)
+        if self.kind.model_class == LIGHTWEIGHT:
+            chunk.query_lengths = np.array([len(bos) + len(q) + len(sep) for q in q_ids], dtype=np.int64)
+            chunk.prompt_lengths = np.full(len(q_ids), len(sep) + len(prompt), dtype=np.int64)
+        return chunk
