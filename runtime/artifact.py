@@ -1,0 +1,255 @@
+"""Load an export directory (manifest.json + model.onnx [+ external data] + tokenizer.json) into a `Loaded` bundle.
+
+Every file is checked before ONNX Runtime sees it, so a missing, truncated or corrupt file is reported by name:
+the ONNX protobuf is walked (without the onnx package) far enough to find truncation and every external-data
+reference, whose file must exist and be long enough.
+"""
+
+from __future__ import annotations
+
+import importlib
+import mmap
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import (ArtifactError, ManifestMismatchError, ModelNotFoundError, UnknownFamilyError,
+                     UnsupportedRequestError)
+from .manifest import MANIFEST_FILE, Manifest
+from .onnx_backend import OnnxBackend
+from .providers import DeviceArg, resolve
+from .spec import MODEL_CLASSES, GraphRequest, Loaded
+
+_EXPORT_HINT = "rerank-export --model <checkpoint or hub id> --output {path}"
+
+
+def load_artifact(
+    path: str | os.PathLike[str],
+    *,
+    model_class: str | None = None,
+    devices: DeviceArg = None,
+    use_fp16: bool = False,
+    use_bf16: bool = False,
+    provider: str | None = None,
+    session_options: Any = None,
+    trt_cache_dir: str | os.PathLike[str] | None = None,
+) -> Loaded:
+    """Check and load an export directory. Precision comes from the artifact: use_fp16/use_bf16 only assert it."""
+    export_dir, manifest = _read(path)
+    _check_request(manifest, export_dir, model_class, use_fp16, use_bf16)
+    tokenizer = _tokenizer(export_dir / manifest.tokenizer)
+    placements = resolve(provider, devices, manifest=manifest, export_dir=export_dir, trt_cache_dir=trt_cache_dir)
+    if placements[0].provider == "trt-engine":
+        backend: Any = _trt_backend(export_dir, manifest, [p.device_id for p in placements])
+    else:
+        check_model_files(export_dir, manifest)
+        backend = OnnxBackend(export_dir, manifest, placements, session_options)
+    return Loaded(spec=manifest.spec, tokenizer=tokenizer, backend=backend, defaults=dict(manifest.defaults))
+
+
+def detect_model_class(path: str | os.PathLike[str]) -> str:
+    """FlagEmbedding's model_class string recorded in an export directory's manifest."""
+    return _read(path)[1].spec.model_class
+
+
+def _read(path: str | os.PathLike[str]) -> tuple[Path, Manifest]:
+    export_dir = Path(path)
+    if not export_dir.exists():
+        raise ModelNotFoundError(
+            f"no export directory at {export_dir}; create one with `{_EXPORT_HINT.format(path=export_dir)}`"
+        )
+    if not export_dir.is_dir():
+        raise ArtifactError(f"{export_dir} is a file; pass the export directory that holds {MANIFEST_FILE}")
+    if not (export_dir / MANIFEST_FILE).is_file():
+        if (export_dir / "config.json").is_file():
+            raise ArtifactError(
+                f"{export_dir} is a Hugging Face checkpoint (config.json, no {MANIFEST_FILE}), not an export; "
+                f"export it first: `rerank-export --model {export_dir} --output {export_dir}-onnx`"
+            )
+        raise ArtifactError(
+            f"{export_dir} has no {MANIFEST_FILE}, so it is not an export directory; "
+            f"create one with `{_EXPORT_HINT.format(path=export_dir)}`"
+        )
+    return export_dir, Manifest.read(export_dir)
+
+
+def _check_request(manifest: Manifest, export_dir: Path, model_class: str | None, fp16: bool, bf16: bool) -> None:
+    if model_class is not None:
+        if model_class not in MODEL_CLASSES:
+            raise UnknownFamilyError(f"model_class {model_class!r} is not one of {list(MODEL_CLASSES)}")
+        if model_class != manifest.spec.model_class:
+            raise UnsupportedRequestError(
+                f"model_class {model_class!r} was asked for, but {export_dir} holds a {manifest.spec.model_class!r} "
+                "export; pass model_class=None to use the artifact's, or load an export of that kind"
+            )
+    for flag, value, precision in (("use_fp16", fp16, "fp16"), ("use_bf16", bf16, "bf16")):
+        if value and manifest.precision != precision:
+            raise UnsupportedRequestError(
+                f"{flag}=True but {export_dir} is a {manifest.precision} export (precision is fixed at export); "
+                f"pass {flag}=False to use it as it is, or export a {precision} artifact"
+            )
+
+
+def _tokenizer(path: Path) -> Any:
+    if not path.is_file():
+        raise ArtifactError(f"tokenizer file {path} is missing; re-export the artifact with `rerank-export`")
+    tokenizers = importlib.import_module("tokenizers")
+    try:
+        return tokenizers.Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for unreadable JSON
+        raise ArtifactError(f"tokenizer file {path} cannot be read ({exc}); re-export the artifact") from exc
+
+
+def _trt_backend(export_dir: Path, manifest: Manifest, device_ids: Sequence[int]) -> Any:
+    trt_backend = importlib.import_module("rerank_runtime.trt_backend")
+    raw = manifest.to_dict()  # validated, so equal to the parsed JSON
+    backends = [trt_backend.TensorRTBackend(export_dir, raw, device_id) for device_id in device_ids]
+    return backends[0] if len(backends) == 1 else RoundRobin(backends)
+
+
+class RoundRobin:
+    """Several backends behind one, picked in turn (thread-safe); concurrency = their number."""
+
+    def __init__(self, backends: Sequence[Any]):
+        self.backends = tuple(backends)
+        self.concurrency = len(self.backends)
+        self._lock = threading.Lock()
+        self._turn = 0
+
+    def check(self, request: GraphRequest) -> None:
+        self.backends[0].check(request)
+
+    def run(self, request: GraphRequest, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with self._lock:
+            backend = self.backends[self._turn % self.concurrency]
+            self._turn += 1
+        return backend.run(request, feeds)
+
+
+# --- model file checks -----------------------------------------------------------------------------------------------
+
+
+def check_model_files(export_dir: Path, manifest: Manifest) -> None:
+    """Raise ArtifactError naming the file if model.onnx or an external-data file is missing, truncated or corrupt."""
+    model = export_dir / manifest.graph.file
+    for name in manifest.graph.external_data:
+        if not (export_dir / name).is_file():
+            raise ArtifactError(f"external data file {export_dir / name} (listed in {MANIFEST_FILE}) is missing; "
+                                "copy the whole export directory, or re-export it")
+    for location, end in external_refs(model):
+        data = model.parent / location
+        if location not in manifest.graph.external_data:
+            raise ManifestMismatchError(f"{model} stores weights in {location!r}, which {MANIFEST_FILE} does not list "
+                                        f"({list(manifest.graph.external_data)}); re-export the artifact")
+        if not data.is_file():
+            raise ArtifactError(f"external data file {data} (used by {model.name}) is missing; re-export")
+        size = data.stat().st_size
+        if size < end:
+            raise ArtifactError(f"external data file {data} has {size} bytes but {model.name} reads up to byte {end}; "
+                                "the file is truncated: copy it again or re-export")
+
+
+def external_refs(model: Path) -> list[tuple[str, int]]:
+    """(location, bytes needed) per external-data file that `model` refers to; validates the protobuf framing."""
+    if not model.is_file():
+        raise ArtifactError(f"model file {model} is missing; re-export the artifact with `rerank-export`")
+    size = model.stat().st_size
+    if size == 0:
+        raise ArtifactError(f"model file {model} is empty; re-export the artifact")
+    needed: dict[str, int] = {}
+    with model.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        try:
+            top = {field: (a, b) for field, wire, a, b in _fields(buf, 0, size) if wire == 2}
+            if 7 not in top or 8 not in top:  # ModelProto.graph, ModelProto.opset_import
+                raise _Corrupt("no graph or no opset_import")
+            for start, end in _graph_tensors(buf, *top[7]):
+                location, offset, length = _external(buf, start, end)
+                if location is not None:
+                    needed[location] = max(needed.get(location, 0), offset + (length or 0))
+        except _Corrupt as exc:
+            raise ArtifactError(f"model file {model} is truncated or corrupt ({exc}); copy it again or re-export"
+                                ) from exc
+    return sorted(needed.items())
+
+
+class _Corrupt(Exception):
+    pass
+
+
+def _varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if pos >= end or shift > 63:
+            raise _Corrupt(f"bad varint at byte {pos}")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(buf: Any, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """(field number, wire type, a, b): a varint's value in a, or a length-delimited field's span [a, b)."""
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        field, wire = key >> 3, key & 7
+        if field == 0:
+            raise _Corrupt(f"field number 0 at byte {pos}")
+        if wire == 0:
+            value, pos = _varint(buf, pos, end)
+            yield field, wire, value, value
+            continue
+        if wire == 2:
+            length, pos = _varint(buf, pos, end)
+            yield field, wire, pos, pos + length
+            pos += length
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            raise _Corrupt(f"unsupported wire type {wire} at byte {pos}")
+        if pos > end:
+            raise _Corrupt(f"field {field} runs past the end ({pos} > {end})")
+
+
+def _graph_tensors(buf: Any, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """Spans of every TensorProto in a GraphProto: initializers and node attribute tensors, subgraphs included."""
+    for field, wire, a, b in _fields(buf, start, end):
+        if wire != 2:
+            continue
+        if field == 5:  # GraphProto.initializer
+            yield a, b
+        elif field == 1:  # GraphProto.node -> NodeProto.attribute (5)
+            for f2, w2, a2, b2 in _fields(buf, a, b):
+                if f2 == 5 and w2 == 2:
+                    yield from _attribute_tensors(buf, a2, b2)
+
+
+def _attribute_tensors(buf: Any, start: int, end: int) -> Iterator[tuple[int, int]]:
+    for field, wire, a, b in _fields(buf, start, end):
+        if wire == 2 and field in (5, 10):  # AttributeProto.t, .tensors
+            yield a, b
+        elif wire == 2 and field in (6, 11):  # AttributeProto.g, .graphs
+            yield from _graph_tensors(buf, a, b)
+
+
+def _external(buf: Any, start: int, end: int) -> tuple[str | None, int, int | None]:
+    """(location, offset, length) of an external TensorProto, else (None, 0, None)."""
+    external, entries = False, dict[str, str]()
+    for field, wire, a, b in _fields(buf, start, end):
+        if field == 14 and wire == 0:  # TensorProto.data_location: 1 = EXTERNAL
+            external = a == 1
+        elif field == 13 and wire == 2:  # TensorProto.external_data: StringStringEntryProto {key 1, value 2}
+            kv = {f: bytes(buf[x:y]).decode("utf-8", "replace") for f, w, x, y in _fields(buf, a, b) if w == 2}
+            entries[kv.get(1, "")] = kv.get(2, "")
+    if not external:
+        return None, 0, None
+    try:
+        length = int(entries["length"]) if "length" in entries else None
+        return entries["location"], int(entries.get("offset", "0")), length
+    except (KeyError, ValueError) as exc:
+        raise _Corrupt(f"external tensor without a valid location/offset/length: {entries}") from exc
