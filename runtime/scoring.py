@@ -1,0 +1,171 @@
+"""The host side of compute_score: validate input, tokenise, sort, batch, pad, run the backend, restore order.
+
+The same code serves every backend (ONNX Runtime, TensorRT, the PyTorch reference), so a parity failure between
+them is a graph problem, never a host problem.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .batching import chunk_bounds, pad_rows, plan_batches, sort_order
+from .compression import build_plan
+from .errors import ManifestMismatchError
+from .kinds import Kind, padding_side
+from .layout import EncodedChunk, Instructions, LayoutSettings, PairEncoder
+from .spec import Backend, GraphRequest, ModelSpec
+
+Pair = tuple[str, str]
+
+
+def parse_pairs(sentence_pairs: Any) -> tuple[list[Pair], bool]:
+    """(pairs, single). A single pair is a list/tuple of two whose first element is a str (FlagEmbedding's rule)."""
+    if not isinstance(sentence_pairs, (list, tuple)):
+        raise TypeError(
+            "sentence_pairs must be a [query, passage] pair or a list of such pairs, "
+            f"got {type(sentence_pairs).__name__}: {sentence_pairs!r:.80}"
+        )
+    items: Sequence[Any] = sentence_pairs
+    if len(items) and isinstance(items[0], str):
+        return [_check_pair(items, None)], True
+    return [_check_pair(item, i) for i, item in enumerate(items)], False
+
+
+def _check_pair(item: Any, index: int | None) -> Pair:
+    where = "sentence_pairs" if index is None else f"sentence_pairs[{index}]"
+    if not isinstance(item, (list, tuple)):
+        raise TypeError(f"{where} must be a [query, passage] list or tuple of two str, got {type(item).__name__}")
+    pair: Sequence[Any] = item
+    if len(pair) != 2:
+        raise ValueError(f"{where} must hold exactly two str (query, passage), got {len(pair)} elements")
+    for pos, name in ((0, "query"), (1, "passage")):
+        if not isinstance(pair[pos], str):
+            raise TypeError(f"{where}[{pos}] (the {name}) must be a str, got {type(pair[pos]).__name__}")
+    return pair[0], pair[1]
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """FlagEmbedding's normalize: 1 / (1 + exp(-x)) in float64."""
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    """Everything one compute_score call needs, resolved from call, instance and model defaults."""
+
+    request: GraphRequest
+    layout: LayoutSettings
+    batch_size: int
+    max_batch_tokens: int | None = None
+    chunk_size: int = 8192
+
+
+class Scorer:
+    """Scores pairs with one model. Holds no per-call state, so concurrent calls from several threads are safe."""
+
+    def __init__(
+        self, spec: ModelSpec, kind: Kind, tokenizer: Tokenizer, backend: Backend, instructions: Instructions
+    ) -> None:
+        self.spec = spec
+        self.kind = kind
+        self.tokenizer = tokenizer
+        self.backend = backend
+        self.instructions = instructions
+
+    def score(self, pairs: Sequence[Pair], plan: CallPlan) -> np.ndarray:
+        """Raw float32 scores [n_outputs, n_pairs] in input order, one row per plan.request.output_names."""
+        self.backend.check(plan.request)
+        names = plan.request.output_names
+        out = np.empty((len(names), len(pairs)), dtype=np.float32)
+        encoder = PairEncoder(self.spec, self.kind, self.tokenizer, plan.layout)
+        with _Runner(self.backend, plan.request, out) as runner:
+            for lo, hi in chunk_bounds(len(pairs), plan.chunk_size):
+                queries, passages = self.instructions.apply(
+                    [p[0] for p in pairs[lo:hi]], [p[1] for p in pairs[lo:hi]]
+                )
+                chunk = encoder.encode(queries, passages)
+                lengths = np.array([len(row) for row in chunk.ids], dtype=np.int64)
+                order = sort_order(chunk.keys)
+                for batch in plan_batches(
+                    order, lengths, plan.batch_size, plan.max_batch_tokens, self.kind.pad_multiple
+                ):
+                    runner.submit(self._feeds(chunk, batch, plan.request), lo + batch)
+        return out
+
+    def _feeds(self, chunk: EncodedChunk, batch: np.ndarray, request: GraphRequest) -> dict[str, np.ndarray]:
+        rows = [chunk.ids[i] for i in batch]
+        side = padding_side(self.kind, self.spec)
+        input_ids, mask = pad_rows(rows, self.spec.pad_token_id, side, self.kind.pad_multiple)
+        feeds = {"input_ids": input_ids, "attention_mask": mask}
+        if request.compress_layers:
+            if chunk.query_lengths is None or chunk.prompt_lengths is None:
+                raise ValueError(f"compression needs query/prompt spans, which {self.kind.class_name} does not have")
+            feeds.update(
+                build_plan(
+                    mask,
+                    chunk.query_lengths[batch],
+                    chunk.prompt_lengths[batch],
+                    request.compress_ratio,
+                    len(request.compress_layers),
+                )
+            )
+        return feeds
+
+
+class _Runner:
+    """Runs batches inline, or keeps up to `backend.concurrency` of them in flight on a per-call thread pool."""
+
+    def __init__(self, backend: Backend, request: GraphRequest, out: np.ndarray) -> None:
+        self.backend = backend
+        self.request = request
+        self.out = out
+        concurrency = getattr(backend, "concurrency", 1)
+        self.width = concurrency if isinstance(concurrency, int) and not isinstance(concurrency, bool) else 1
+        self.pool = ThreadPoolExecutor(self.width, thread_name_prefix="rerank") if self.width > 1 else None
+        self.pending: deque[tuple[Future[list[np.ndarray]], np.ndarray]] = deque()
+
+    def __enter__(self) -> _Runner:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is None:
+                while self.pending:
+                    self._collect()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, feeds: dict[str, np.ndarray], dest: np.ndarray) -> None:
+        if self.pool is None:
+            self._store(self.backend.run(self.request, feeds), dest)
+            return
+        while len(self.pending) >= self.width:
+            self._collect()
+        self.pending.append((self.pool.submit(self.backend.run, self.request, feeds), dest))
+
+    def _collect(self) -> None:
+        future, dest = self.pending.popleft()
+        self._store(future.result(), dest)
+
+    def _store(self, outputs: list[np.ndarray], dest: np.ndarray) -> None:
+        names, rows = self.request.output_names, len(dest)
+        if len(outputs) != len(names):
+            raise ManifestMismatchError(
+                f"the backend returned {len(outputs)} outputs for {list(names)}; the contract is one per name"
+            )
+        for k, (name, values) in enumerate(zip(names, outputs)):
+            arr = np.asarray(values)
+            if arr.shape != (rows,):
+                raise ManifestMismatchError(
+                    f"output {name!r} has shape {arr.shape} for a batch of {rows} rows; expected ({rows},) raw scores"
+                )
+            self.out[k, dest] = arr.astype(np.float32)
