@@ -251,32 +251,41 @@ def tensorrt_options(device_id: int, manifest: Manifest, cache_dir: Path) -> dic
 
 
 def profile_shapes(manifest: Manifest) -> tuple[str, str, str]:
-    """min/opt/max strings ("name:AxB,...") covering every dynamic graph input.
+    """min/opt/max strings ("name:AxB,...", one group per profile) covering every dynamic graph input.
 
-    Axis 0 is the batch (1..max_batch_size); every other named axis is a sequence length (1..max_sequence_length).
-    A manifest "tensorrt" section may set max_batch_size, opt_batch_size and opt_sequence_length.
+    With a manifest "tensorrt" section (written by `rerank-export engine`), its "profiles" are used as they are:
+    [{"shapes": {input name: {"min": [...], "opt": [...], "max": [...]}}, ...}, ...]. Without one, a single profile:
+    axis 0 is the batch (1..DEFAULT_MAX_BATCH), every other named axis a sequence length (1..max_sequence_length).
     """
-    trt: dict[str, Any] = manifest.tensorrt or {}
-    max_b = int(trt.get("max_batch_size", DEFAULT_MAX_BATCH))
-    max_s = manifest.max_sequence_length
-    opt_b = int(trt.get("opt_batch_size", max_b))
-    opt_s = int(trt.get("opt_sequence_length", min(DEFAULT_OPT_SEQUENCE, max_s)))
-    if not (1 <= opt_b <= max_b and 1 <= opt_s <= max_s):
+    dynamic = [t for t in manifest.graph.inputs if not all(isinstance(d, int) for d in t.shape)]
+    section: dict[str, Any] = manifest.tensorrt or {}
+    if "profiles" in section:
+        groups = [_section_profile(p, [t.name for t in dynamic]) for p in section["profiles"]]
+    else:
+        max_b, max_s = DEFAULT_MAX_BATCH, manifest.max_sequence_length
+        opt = (max_b, min(DEFAULT_OPT_SEQUENCE, max_s))
+        groups = [{t.name: tuple(_dims(t.shape, b, s) for b, s in ((1, 1), opt, (max_b, max_s))) for t in dynamic}]
+
+    def level(k: int) -> str:  # repeating the names declares the next profile (gpu-apis.md 4.1)
+        return ",".join(f"{name}:{'x'.join(map(str, shapes[k]))}" for g in groups for name, shapes in g.items())
+
+    return level(0), level(1), level(2)
+
+
+def _dims(shape: tuple[int | str, ...], batch: int, seq: int) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) else (batch if i == 0 else seq) for i, d in enumerate(shape))
+
+
+def _section_profile(profile: Any, names: list[str]) -> dict[str, tuple[tuple[int, ...], ...]]:
+    try:
+        shapes = profile["shapes"]
+        group = {n: tuple(tuple(int(x) for x in shapes[n][k]) for k in ("min", "opt", "max")) for n in names}
+    except (KeyError, TypeError, ValueError) as exc:
         raise ProviderUnavailableError(
-            f"manifest 'tensorrt' section gives opt shape ({opt_b}, {opt_s}) outside 1..({max_b}, {max_s}); "
-            "fix the section or re-export"
-        )
-    rows: list[tuple[str, str, str]] = []
-    for t in manifest.graph.inputs:
-        if all(isinstance(d, int) for d in t.shape):
-            continue  # static input: TensorRT needs no profile for it
-
-        def dims(batch: int, seq: int) -> str:
-            return "x".join(str(d) if isinstance(d, int) else str(batch if i == 0 else seq)
-                            for i, d in enumerate(t.shape))  # noqa: B023 (used at once)
-
-        rows.append((f"{t.name}:{dims(1, 1)}", f"{t.name}:{dims(opt_b, opt_s)}", f"{t.name}:{dims(max_b, max_s)}"))
-    return (",".join(r[0] for r in rows), ",".join(r[1] for r in rows), ",".join(r[2] for r in rows))
+            f"manifest 'tensorrt' profile {profile!r} lacks min/opt/max shapes for every dynamic input {names} "
+            f"({exc!r}); rebuild the engine section with `rerank-export engine`, or set tensorrt to null"
+        ) from exc
+    return group
 
 
 def _opt(v: object) -> str:

@@ -1,0 +1,155 @@
+"""providers.resolve: devices and provider -> explicit ONNX Runtime placements, and every refusal."""
+
+from __future__ import annotations
+
+import ctypes.util
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+import pytest
+
+from rerank_runtime import providers
+from rerank_runtime.errors import ProviderUnavailableError
+from rerank_runtime.manifest import GraphInfo, Manifest, TensorSpec
+from rerank_runtime.providers import Placement, profile_shapes, resolve
+from rerank_runtime.spec import ENCODER, LIGHTWEIGHT, ModelSpec
+
+GPU_EPS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def manifest(tensorrt: dict[str, Any] | None = None, compress: bool = False) -> Manifest:
+    inputs = [TensorSpec("input_ids", "int64", ("batch", "sequence")),
+              TensorSpec("attention_mask", "int64", ("batch", "sequence")),
+              TensorSpec("static_table", "float32", (4, 2))]
+    if compress:
+        inputs.append(TensorSpec("compress_index_0", "int64", ("batch", "s0", 2)))
+    kind = LIGHTWEIGHT if compress else ENCODER
+    outputs = (TensorSpec("score_l2_h0" if compress else "score", "float32", ("batch",)),)
+    return Manifest(
+        model_name="tiny", source="tests", family="tiny", spec=ModelSpec(model_class=kind, pad_token_id=0),
+        precision="fp32", graph=GraphInfo("model.onnx", 17, tuple(inputs), outputs), max_length=300,
+        max_sequence_length=320, exits=((2, 0),) if compress else (), tensorrt=tensorrt,
+        compress_ratio=2 if compress else 1, compress_layers=(1,) if compress else (),
+    )
+
+
+@pytest.fixture
+def gpu_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An onnxruntime-gpu build on a host with two visible GPUs (resolution only: no session is built)."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: list(GPU_EPS))
+    monkeypatch.setattr(providers, "visible_cuda_devices", lambda: 2)
+
+
+@pytest.mark.parametrize("devices", [None, "cpu", "CPU", ["cpu"]])
+def test_cpu_by_default(devices: Any) -> None:
+    assert resolve(None, devices) == [Placement("cpu", "cpu", 0, (("CPUExecutionProvider", {}),))]
+    assert resolve("cpu", devices)[0].primary == "CPUExecutionProvider"
+
+
+def test_two_cpu_sessions() -> None:
+    placements = resolve(None, ["cpu", "cpu"])
+    assert [p.device for p in placements] == ["cpu", "cpu"] and not placements[0].on_gpu
+
+
+@pytest.mark.parametrize("provider,devices", [("cuda", None), ("cuda", "cuda:0"), (None, "cuda"), (None, 0),
+                                              ("tensorrt", [0])])
+def test_gpu_provider_missing_names_the_available_ones(provider: str | None, devices: Any) -> None:
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    with pytest.raises(ProviderUnavailableError) as err:
+        resolve(provider, devices, manifest=manifest(), export_dir="/x")
+    message = str(err.value)
+    assert "CUDAExecutionProvider" in message and "CPUExecutionProvider" in message
+    assert "pip install 'bge-rerank-fast[gpu]'" in message
+
+
+@pytest.mark.parametrize(
+    "provider,devices,match",
+    [
+        ("cpu", "cuda:0", "provider 'cpu' cannot run on"),
+        ("cuda", "cpu", "needs a CUDA device"),
+        ("trt-engine", ["cpu"], "needs a CUDA device"),
+        (None, ["cpu", "cuda:0"], "mix the CPU and CUDA devices"),
+        (None, "mps", "'mps' is not supported"),
+        (None, "npu:0", "is not supported"),
+        (None, "cuda:x", "is not supported"),
+        (None, True, "is not supported"),
+        (None, -1, "negative"),
+        (None, [], "empty list"),
+        ("rocm", None, "unknown provider 'rocm'"),
+        ("cuda", ["cuda:0", 2], r"CUDA device\(s\) \[2\] requested but 2 visible"),
+    ],
+)
+def test_refusals(gpu_host: None, provider: str | None, devices: Any, match: str) -> None:
+    with pytest.raises(ProviderUnavailableError, match=match):
+        resolve(provider, devices)
+
+
+def test_cuda_placements(gpu_host: None) -> None:
+    placements = resolve(None, [1, "cuda:0", "cuda"])
+    assert [(p.provider, p.device, p.device_id) for p in placements] == [
+        ("cuda", "cuda:1", 1), ("cuda", "cuda:0", 0), ("cuda", "cuda:0", 0)]
+    (name, options), = placements[0].ort_providers
+    assert name == "CUDAExecutionProvider" and options["device_id"] == "1" and options["use_tf32"] == "0"
+    assert resolve("cuda", None)[0].device == "cuda:0"  # a GPU provider named explicitly means cuda:0
+
+
+def test_tensorrt_placement(gpu_host: None, tmp_path: Path) -> None:
+    [placement] = resolve("tensorrt", "cuda:1", manifest=manifest(), export_dir=tmp_path)
+    (trt, trt_opts), (cuda, cuda_opts) = placement.ort_providers
+    assert (trt, cuda) == ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+    assert trt_opts["device_id"] == cuda_opts["device_id"] == "1"
+    assert trt_opts["trt_engine_cache_enable"] == "1" and trt_opts["trt_timing_cache_enable"] == "1"
+    assert trt_opts["trt_engine_cache_path"] == trt_opts["trt_timing_cache_path"] == str(tmp_path / "trt_cache")
+    assert trt_opts["trt_fp16_enable"] == "0" and "trt_bf16_enable" not in trt_opts
+    assert trt_opts["trt_profile_min_shapes"] == "input_ids:1x1,attention_mask:1x1"
+    assert trt_opts["trt_profile_opt_shapes"] == "input_ids:128x256,attention_mask:128x256"
+    assert trt_opts["trt_profile_max_shapes"] == "input_ids:128x320,attention_mask:128x320"
+    other = tmp_path / "elsewhere"
+    [moved] = resolve("tensorrt", 0, manifest=manifest(), export_dir=tmp_path, trt_cache_dir=other,
+                      provider_options={"trt_builder_optimization_level": 5, "trt_fp16_enable": True})
+    opts = moved.ort_providers[0][1]
+    assert opts["trt_engine_cache_path"] == str(other)
+    assert opts["trt_builder_optimization_level"] == "5" and opts["trt_fp16_enable"] == "1"
+
+
+def test_compression_inputs_get_a_profile_too() -> None:
+    lo, opt, hi = profile_shapes(manifest(compress=True))
+    assert lo == "input_ids:1x1,attention_mask:1x1,compress_index_0:1x1x2"
+    assert opt == "input_ids:128x256,attention_mask:128x256,compress_index_0:128x256x2"
+    assert hi == "input_ids:128x320,attention_mask:128x320,compress_index_0:128x320x2"
+
+
+def test_profiles_from_the_tensorrt_section() -> None:
+    def profile(lo: int, hi: int, batch: int) -> dict[str, Any]:
+        shape = {"min": [1, lo], "opt": [batch, hi], "max": [batch, hi]}
+        return {"index": 0, "min_length": lo, "max_length": hi, "max_batch_size": batch,
+                "shapes": {"input_ids": shape, "attention_mask": shape}}
+
+    section = {"profiles": [profile(1, 128, 32), profile(129, 320, 8)]}
+    lo, opt, hi = profile_shapes(manifest(section))
+    assert lo == "input_ids:1x1,attention_mask:1x1,input_ids:1x129,attention_mask:1x129"
+    assert opt == "input_ids:32x128,attention_mask:32x128,input_ids:8x320,attention_mask:8x320"
+    assert hi == opt
+    broken = {"profiles": [{"shapes": {"input_ids": {"min": [1, 1], "opt": [1, 1], "max": [1, 1]}}}]}
+    with pytest.raises(ProviderUnavailableError, match="attention_mask"):
+        profile_shapes(manifest(broken))
+
+
+def test_tensorrt_needs_the_manifest(gpu_host: None) -> None:
+    with pytest.raises(ProviderUnavailableError, match="needs the artifact's manifest"):
+        resolve("tensorrt", 0)
+
+
+def test_trt_engine_has_no_ort_providers(gpu_host: None) -> None:
+    [placement] = resolve("trt-engine", "cuda:1")
+    assert placement.ort_providers == () and placement.primary is None and placement.device_id == 1
+
+
+def test_visible_cuda_devices_without_a_driver() -> None:
+    if ctypes.util.find_library("cuda"):
+        assert providers.visible_cuda_devices() >= 0
+    else:
+        with pytest.raises(ProviderUnavailableError, match="libcuda.so.1"):
+            providers.visible_cuda_devices()
