@@ -1,0 +1,132 @@
+"""The PyTorch reference: FlagEmbedding's reranker classes and compute_score over our torch modules.
+
+Host-side logic (token layout, truncation, sorting, batching, readout order) is rerank_runtime's, shared with the ONNX
+runtime; only the graph runs in torch here. This is the yardstick of every parity test.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from rerank_runtime import rerankers as _rt
+from rerank_runtime._deps import require
+from rerank_runtime.errors import UnsupportedRequestError
+from rerank_runtime.kinds import AUTO_RERANKER_MAPPING
+from rerank_runtime.spec import GraphRequest, Loaded, ModelSpec
+
+from .checkpoint import load_model, model_spec, read_json, resolve_model, tokenizer_file
+from .families import FamilySpec, detect_family
+
+
+class TorchBackend:
+    """Runs a family's score wrapper in torch on CPU; one wrapper per distinct GraphRequest, built on demand."""
+
+    concurrency = 1
+
+    def __init__(self, model: Any, config: dict[str, Any], family: FamilySpec, spec: ModelSpec, dtype: str = "fp32"):
+        from .precision import cast_weights
+
+        self.model = cast_weights(model, dtype)  # in place: the model, its heads and every wrapper share one dtype
+        self.config, self.family, self.spec, self.dtype = config, family, spec, dtype
+        self._wrappers: dict[GraphRequest, Any] = {}
+        self._lock = threading.Lock()
+
+    def check(self, request: GraphRequest) -> None:
+        layers = self.family.layers(self.config)
+        if request.exits and layers is None:
+            raise UnsupportedRequestError(f"{self.family.name} has a single score head; it takes no cutoff layers")
+        if layers:
+            n, start, sep = layers
+            heads = len(range(start, n + 1, sep))
+            bad = [(l, h) for l, h in request.exits if not (0 <= l <= n and 0 <= h < heads)]
+            if bad:
+                raise UnsupportedRequestError(f"exits {bad} are outside layers 0..{n} / heads 0..{heads - 1}")
+        if request.compress_ratio > 1 and not self.family.extra_inputs(request):
+            raise UnsupportedRequestError(f"{self.family.name} does not compress tokens")
+
+    def wrapper(self, request: GraphRequest):
+        with self._lock:
+            if request not in self._wrappers:
+                extras = {"yes_token_id": self.spec.yes_token_id}
+                self._wrappers[request] = self.family.build_wrapper(self.model, self.config, request, extras).eval()
+            return self._wrappers[request]
+
+    def inputs(self, request: GraphRequest, feeds: dict[str, Any]) -> tuple:
+        torch = require("torch")
+        names = ("input_ids", "attention_mask") + self.family.extra_inputs(request)
+        return tuple(torch.from_numpy(feeds[n]) for n in names)
+
+    def run(self, request: GraphRequest, feeds: dict[str, Any]) -> list[Any]:
+        torch = require("torch")
+        module = self.wrapper(request)
+        with torch.inference_mode():
+            out = module(*self.inputs(request, feeds))
+        outs = out if isinstance(out, tuple) else (out,)
+        return [o.float().numpy() for o in outs]
+
+
+def load_reference(path: str | os.PathLike, *, model_class: str | None, devices: Any = None, use_fp16: bool = False,
+                   use_bf16: bool = False, provider: str | None = None) -> Loaded:
+    """A checkpoint (directory, hub id or built-in name) as a Loaded bundle with a TorchBackend."""
+    from tokenizers import Tokenizer
+
+    if provider not in (None, "torch", "cpu"):
+        raise UnsupportedRequestError(f"the PyTorch reference runs on torch's CPU path; provider {provider!r} is not available")
+    for d in devices if isinstance(devices, (list, tuple)) else [devices]:
+        if d not in (None, "cpu"):
+            raise UnsupportedRequestError(f"the PyTorch reference runs on devices='cpu'; got {devices!r}")
+    directory = resolve_model(str(path))
+    config = read_json(directory / "config.json")
+    family = detect_family(config, model_class)
+    model = load_model(directory, config, family)
+    spec = model_spec(directory, config, family)
+    tokenizer = Tokenizer.from_file(str(tokenizer_file(directory)))
+    # As FlagEmbedding on a CPU device: use_fp16 is switched off; use_bf16 runs bf16 weights.
+    dtype = "bf16" if use_bf16 else "fp32"
+    return Loaded(spec=spec, tokenizer=tokenizer, backend=TorchBackend(model, config, family, spec, dtype))
+
+
+def detect_model_class(path: str | os.PathLike) -> str:
+    """FlagAutoReranker's rule: the name mapping on the directory's base name, then the config's architecture."""
+    key = os.path.basename(os.path.normpath(str(path)))
+    if key.startswith("checkpoint-"):
+        key = os.path.basename(os.path.dirname(os.path.normpath(str(path))))
+    if key in AUTO_RERANKER_MAPPING:
+        return AUTO_RERANKER_MAPPING[key][0]
+    directory = resolve_model(str(path))
+    return detect_family(read_json(Path(directory) / "config.json")).model_class
+
+
+class _Reference:
+    def _load(self, model_name_or_path, **kwargs) -> Loaded:  # type: ignore[override]
+        return load_reference(model_name_or_path, model_class=self._KIND, **kwargs)
+
+
+class FlagReranker(_Reference, _rt.FlagReranker):
+    pass
+
+
+class FlagLLMReranker(_Reference, _rt.FlagLLMReranker):
+    pass
+
+
+class LayerWiseFlagLLMReranker(_Reference, _rt.LayerWiseFlagLLMReranker):
+    pass
+
+
+class LightWeightFlagLLMReranker(_Reference, _rt.LightWeightFlagLLMReranker):
+    pass
+
+
+_CLASSES = {c._KIND: c for c in (FlagReranker, FlagLLMReranker, LayerWiseFlagLLMReranker, LightWeightFlagLLMReranker)}
+
+
+class FlagAutoReranker(_rt.FlagAutoReranker):
+    _classes = _CLASSES
+
+    @classmethod
+    def _detect_model_class(cls, path) -> str:
+        return detect_model_class(path)
