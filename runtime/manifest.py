@@ -60,9 +60,6 @@ class GraphInfo:
         return {"file": self.file, "external_data": list(self.external_data), "opset": self.opset,
                 "inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}
 
-    def input(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.inputs if t.name == name), None)
-
 
 @dataclass(frozen=True)
 class Manifest:
