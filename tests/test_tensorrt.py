@@ -1,0 +1,476 @@
+"""Native TensorRT engines: planning, manifest recording and load checks on CPU; build and parity on a GPU (trt).
+
+The trt-marked tests build engines for tiny ONNX graphs written with onnx.helper (no torch) and compare the native
+engine with ONNX Runtime CPU. They have never run in CI (no GPU there); run them on a GPU machine with
+`pytest -q -m trt tests/test_tensorrt.py`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rerank_export import tensorrt_build as tb
+from rerank_runtime import trt_backend as tbe
+from rerank_runtime.cudart import CudaRuntime, DeviceBuffer
+from rerank_runtime.errors import (ArtifactError, EngineError, ManifestMismatchError, MissingDependencyError,
+                                   UnsupportedRequestError)
+from rerank_runtime.spec import DECODER, ENCODER, LAYERWISE, LIGHTWEIGHT, GraphRequest, ModelSpec, exit_name
+
+VOCAB, HIDDEN = 50, 16
+TOKEN_SHAPE = ["batch", "sequence"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# manifests (raw dicts, as manifest.json holds them)
+
+def make_manifest(kind: str = ENCODER, *, max_sequence_length: int = 512, ratio: int = 2,
+                  compress_layers: tuple[int, ...] = (2, 4), precision: str = "fp32") -> dict[str, Any]:
+    inputs = [{"name": n, "dtype": "int64", "shape": TOKEN_SHAPE} for n in ("input_ids", "attention_mask")]
+    exits: list[list[int]] = []
+    if kind in (LAYERWISE, LIGHTWEIGHT):
+        exits = [[2, 0], [3, 1]]
+    if kind != LIGHTWEIGHT:
+        ratio, compress_layers = 1, ()
+    for k in compress_layers:
+        for role, dtype in (("index", "int64"), ("weight", "float32")):
+            shape = ["batch", f"compressed_{k}", ratio]
+            inputs.append({"name": f"compress_{role}_{k}", "dtype": dtype, "shape": shape})
+    names = [exit_name(layer, head) for layer, head in exits] or ["score"]
+    outputs = [{"name": n, "dtype": "float32", "shape": ["batch"]} for n in names]
+    spec = ModelSpec(model_class=kind, pad_token_id=1, bos_token_id=2 if kind != ENCODER else None)
+    return {"spec": spec.to_dict(), "precision": precision, "exits": exits, "compress_ratio": ratio,
+            "compress_layers": list(compress_layers), "max_length": max_sequence_length - 16,
+            "max_sequence_length": max_sequence_length, "tensorrt": None, "model_name": "tiny",
+            "graph": {"file": "model.onnx", "inputs": inputs, "outputs": outputs}}
+
+
+def write_export(path: Path, manifest: dict[str, Any]) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# plan_profiles
+
+def test_encoder_profiles_cover_every_length_once() -> None:
+    profiles = tb.plan_profiles(make_manifest(ENCODER), tb.EngineOptions())
+    assert [(p.min_length, p.max_length) for p in profiles] == [(1, 64), (65, 128), (129, 256), (257, 512)]
+    assert profiles[1].shapes == {n: ((1, 65), (32, 128), (32, 128)) for n in ("input_ids", "attention_mask")}
+    assert [p.index for p in profiles] == [0, 1, 2, 3]
+
+
+def test_layerwise_profiles_follow_options() -> None:
+    options = tb.EngineOptions(max_batch_size=8, opt_batch_size=4, max_length=200)
+    profiles = tb.plan_profiles(make_manifest(LAYERWISE), options)
+    assert [p.max_length for p in profiles] == [64, 128, 200]
+    assert profiles[-1].shapes["input_ids"] == ((1, 129), (4, 200), (8, 200))
+    assert set(profiles[0].shapes) == {"input_ids", "attention_mask"}
+
+
+def test_lightweight_profiles_bound_compressed_inputs_by_the_bucket() -> None:
+    profiles = tb.plan_profiles(make_manifest(LIGHTWEIGHT, ratio=2, compress_layers=(2, 4)), tb.EngineOptions())
+    last = profiles[-1]
+    assert set(last.shapes) == {"input_ids", "attention_mask", "compress_index_2", "compress_weight_2",
+                                "compress_index_4", "compress_weight_4"}
+    assert last.shapes["compress_index_2"] == ((1, 1, 2), (32, 256, 2), (32, 512, 2))  # stage 1: ceil(512 / 2)
+    assert last.shapes["compress_weight_4"] == ((1, 1, 2), (32, 128, 2), (32, 512, 2))  # stage 2: ceil(512 / 4)
+    assert profiles[0].shapes["compress_index_2"][2] == (32, 64, 2)
+
+
+def test_lightweight_with_ratio_one_has_token_inputs_only() -> None:
+    manifest = make_manifest(LIGHTWEIGHT, ratio=1, compress_layers=())
+    manifest["compress_layers"] = [8]  # ratio 1 runs no stage, whatever the layers say
+    assert set(tb.plan_profiles(manifest, tb.EngineOptions())[0].shapes) == {"input_ids", "attention_mask"}
+
+
+def test_plan_rejects_inputs_that_disagree_with_compression() -> None:
+    manifest = make_manifest(LIGHTWEIGHT, ratio=2, compress_layers=(2,))
+    manifest["compress_layers"] = [2, 4]
+    with pytest.raises(ManifestMismatchError, match="compress_index_4"):
+        tb.plan_profiles(manifest, tb.EngineOptions())
+    manifest = make_manifest(LIGHTWEIGHT, ratio=2, compress_layers=(2,))
+    manifest["graph"]["inputs"][2]["shape"] = ["batch", "compressed_2", 3]
+    with pytest.raises(ManifestMismatchError, match=r"compress_index_2 has shape .*\[batch, compressed, 2\]"):
+        tb.plan_profiles(manifest, tb.EngineOptions())
+
+
+@pytest.mark.parametrize(("max_length", "buckets", "expected"), [
+    (512, None, [64, 128, 256, 512]),
+    (530, None, [64, 128, 256, 530]),  # no 18-token sliver bucket
+    (1100, None, [64, 128, 256, 512, 1100]),
+    (1500, None, [64, 128, 256, 512, 1024, 1500]),
+    (100, None, [64, 100]),
+    (40, None, [40]),
+    (128, (32, 96), [32, 96, 128]),
+    (128, (32, 128), [32, 128]),
+])
+def test_length_buckets(max_length: int, buckets: tuple[int, ...] | None, expected: list[int]) -> None:
+    assert tb.length_buckets(max_length, buckets) == expected
+
+
+def test_buckets_beyond_max_length_are_refused() -> None:
+    with pytest.raises(UnsupportedRequestError, match=r"\[256\] exceed max_length 128"):
+        tb.length_buckets(128, (64, 256))
+
+
+def test_max_length_beyond_the_artifact_is_refused() -> None:
+    with pytest.raises(UnsupportedRequestError, match="exceeds the artifact's max_sequence_length 512"):
+        tb.plan_profiles(make_manifest(ENCODER), tb.EngineOptions(max_length=1024))
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"max_batch_size": 0}, "max_batch_size"),
+    ({"max_batch_size": 4, "opt_batch_size": 8}, "opt_batch_size"),
+    ({"max_length": -1}, "max_length"),
+    ({"length_buckets": (128, 64)}, "length_buckets"),
+    ({"length_buckets": ()}, "length_buckets"),
+    ({"workspace_bytes": 0}, "workspace_bytes"),
+    ({"builder_optimization_level": 6}, "builder_optimization_level"),
+    ({"device_id": -1}, "device_id"),
+    ({"max_batch_size": True}, "max_batch_size"),
+])
+def test_options_validation(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(UnsupportedRequestError, match=f"EngineOptions.{field} must be"):
+        tb.EngineOptions(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# recording in manifest.json and checking before loading
+
+def fake_record(profiles: list[tbe.Profile], **changes: Any) -> tb.EngineRecord:
+    values: dict[str, Any] = dict(
+        tensorrt_version="10.12.0.36", gpu_name="NVIDIA L4", compute_capability="8.9", profiles=profiles,
+        max_batch_size=32, max_length=profiles[-1].max_length, engine_bytes=11, engine_sha256="ab" * 32,
+        precision="fp16", precision_handling="strongly typed", strongly_typed=True, tf32=False,
+        builder_optimization_level=3, workspace_bytes=None, timing_cache="timing.cache", timing_cache_reused=False,
+        build_seconds=12.5)
+    values.update(changes)
+    return tb.EngineRecord(**values)
+
+
+def test_record_engine_round_trips_and_keeps_the_rest(tmp_path: Path) -> None:
+    manifest = make_manifest(LIGHTWEIGHT)
+    export = write_export(tmp_path / "exp", manifest)
+    profiles = tb.plan_profiles(manifest, tb.EngineOptions(max_batch_size=4))
+    tb.record_engine(export, fake_record(profiles).to_section())
+    text = (export / "manifest.json").read_text()
+    written = json.loads(text)
+    assert text == json.dumps(written, indent=2, sort_keys=True) + "\n"
+    assert {k: v for k, v in written.items() if k != "tensorrt"} == {k: v for k, v in manifest.items()
+                                                                     if k != "tensorrt"}
+    section = tbe.engine_section(written, export)
+    assert section["engine_file"] == "model.engine" and section["build_seconds"] == 12.5
+    assert tbe.profiles_from_section(section) == profiles
+    tbe.check_engine_compatibility(section, tensorrt_version="10.12.0.36", compute_capability="8.9",
+                                   gpu_name="NVIDIA L4", export_dir=export)
+    assert sorted(p.name for p in export.iterdir()) == ["manifest.json"]  # no temporary file left
+
+
+def test_failed_manifest_write_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    export = write_export(tmp_path / "exp", make_manifest(ENCODER))
+    before = (export / "manifest.json").read_bytes()
+    section = fake_record(tb.plan_profiles(make_manifest(ENCODER), tb.EngineOptions())).to_section()
+
+    def broken_replace(src: Any, dst: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        tb.record_engine(export, section)
+    assert (export / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in export.iterdir()) == ["manifest.json"]
+
+
+@pytest.mark.parametrize(("version", "cc", "expected"), [
+    ("10.13.0.35", "8.9", [r"built with TensorRT 10\.12\.0\.36 but this process runs TensorRT 10\.13\.0\.35"]),
+    ("10.12.0.36", "9.0", [r"built for compute capability 8\.9 \(NVIDIA L4\) but this GPU is 9\.0 \(H100\)"]),
+    ("11.1.0.106", "8.6", ["TensorRT 11.1.0.106", "this GPU is 8.6"]),
+])
+def test_version_or_gpu_mismatch_says_how_to_rebuild(version: str, cc: str, expected: list[str]) -> None:
+    section = fake_record(tb.plan_profiles(make_manifest(ENCODER), tb.EngineOptions())).to_section()
+    with pytest.raises(EngineError) as info:
+        tbe.check_engine_compatibility(section, tensorrt_version=version, compute_capability=cc, gpu_name="H100",
+                                       export_dir="/exports/enc")
+    for pattern in expected:
+        assert re.search(pattern, str(info.value)), str(info.value)
+    assert "rerank-export engine /exports/enc --overwrite" in str(info.value)
+
+
+def test_engine_section_must_exist_and_be_complete() -> None:
+    with pytest.raises(EngineError, match="has no TensorRT engine.*rerank-export engine /x"):
+        tbe.engine_section(make_manifest(ENCODER), "/x")
+    with pytest.raises(ArtifactError, match=r"lacks \['engine_bytes', 'profiles'\]"):
+        tbe.engine_section({"tensorrt": {"tensorrt_version": "10", "compute_capability": "8.9", "gpu_name": "g",
+                                         "engine_file": "model.engine"}}, "/x")
+
+
+@pytest.mark.parametrize(("batch", "length", "index"), [(1, 1, 0), (32, 64, 0), (1, 65, 1), (5, 300, 3), (32, 512, 3)])
+def test_select_profile_takes_the_smallest_bucket(batch: int, length: int, index: int) -> None:
+    profiles = tb.plan_profiles(make_manifest(ENCODER), tb.EngineOptions())
+    assert tbe.select_profile(profiles, batch, length, "/e").index == index
+
+
+@pytest.mark.parametrize(("batch", "length", "hints"), [
+    (1, 600, ["--max-length 600"]),
+    (33, 8, ["--max-batch-size 33"]),
+    (40, 700, ["--max-length 700", "--max-batch-size 40"]),
+])
+def test_select_profile_beyond_every_profile(batch: int, length: int, hints: list[str]) -> None:
+    profiles = tb.plan_profiles(make_manifest(ENCODER), tb.EngineOptions())
+    with pytest.raises(UnsupportedRequestError) as info:
+        tbe.select_profile(profiles, batch, length, "/e")
+    assert all(h in str(info.value) for h in hints) and "rerank-export engine /e" in str(info.value)
+
+
+def test_check_request() -> None:
+    manifest = make_manifest(LIGHTWEIGHT, ratio=2, compress_layers=(2,))
+    tbe.check_request(manifest, GraphRequest(((3, 1),), 2, (2,)))
+    with pytest.raises(UnsupportedRequestError, match=r"no output \['score_l4_h2'\].*layer 2 \(head 0\), layer 3"):
+        tbe.check_request(manifest, GraphRequest(((4, 2),), 2, (2,)))
+    with pytest.raises(UnsupportedRequestError, match=r"compress_ratio=4.*exported with compress_ratio=2"):
+        tbe.check_request(manifest, GraphRequest(((2, 0),), 4, (2,)))
+    tbe.check_request(make_manifest(DECODER), GraphRequest())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# missing dependencies, import boundary, CUDA error translation
+
+no_tensorrt = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed")
+
+
+@no_tensorrt
+def test_build_without_tensorrt_says_what_to_install(tmp_path: Path) -> None:
+    export = write_export(tmp_path / "exp", make_manifest(ENCODER))
+    (export / "model.onnx").write_bytes(b"not read before the import")
+    with pytest.raises(MissingDependencyError, match=r"tensorrt is required for TensorRT engines.*\[gpu\]"):
+        tb.build_engine(export, tb.EngineOptions(), progress=lambda _: None)
+
+
+@no_tensorrt
+def test_backend_without_tensorrt_says_what_to_install(tmp_path: Path) -> None:
+    manifest = make_manifest(ENCODER)
+    manifest["tensorrt"] = fake_record(tb.plan_profiles(manifest, tb.EngineOptions())).to_section()
+    export = write_export(tmp_path / "exp", manifest)
+    (export / "model.engine").write_bytes(b"x" * 11)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'bge-rerank-fast\[gpu\]'"):
+        tbe.TensorRTBackend(export, manifest)
+
+
+def test_backend_checks_the_engine_file_before_importing_tensorrt(tmp_path: Path) -> None:
+    manifest = make_manifest(ENCODER)
+    manifest["tensorrt"] = fake_record(tb.plan_profiles(manifest, tb.EngineOptions())).to_section()
+    export = write_export(tmp_path / "exp", manifest)
+    (export / "model.engine").write_bytes(b"x" * 5)
+    with pytest.raises(ArtifactError, match="expected the 11-byte engine .* found 5 bytes"):
+        tbe.TensorRTBackend(export, manifest)
+
+
+def test_importing_the_engine_modules_loads_nothing_heavy() -> None:
+    code = ("import sys, rerank_runtime.trt_backend, rerank_runtime.cudart, rerank_export.tensorrt_build\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'tensorrt', 'cuda', 'onnx') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+class _FakeErr:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _fake_cudart(fail: str | None = None) -> SimpleNamespace:
+    ok, oom = _FakeErr("cudaSuccess"), _FakeErr("cudaErrorMemoryAllocation")
+    counter = iter(range(4096, 1 << 30, 4096))
+
+    def malloc(nbytes: int) -> tuple[Any, int]:
+        if fail == "oom":
+            return oom, 0
+        if fail == "driver":
+            raise RuntimeError("Failed to dlopen libcuda.so.1")
+        return ok, next(counter)
+
+    return SimpleNamespace(
+        cudaError_t=SimpleNamespace(cudaSuccess=ok), cudaMalloc=malloc, cudaFree=lambda ptr: (ok,),
+        cudaGetErrorName=lambda e: (ok, e.name.encode()), cudaGetErrorString=lambda e: (ok, b"out of memory"),
+        cudaGetDeviceCount=lambda: (ok, 1))
+
+
+def test_cuda_errors_become_engine_errors_with_the_cuda_name() -> None:
+    with pytest.raises(EngineError, match="cudaMalloc failed with cudaErrorMemoryAllocation: out of memory"):
+        CudaRuntime(_fake_cudart("oom")).malloc(1024)  # type: ignore[arg-type]
+    with pytest.raises(EngineError, match="libcuda.so.1.*needs an NVIDIA GPU and driver"):
+        CudaRuntime(_fake_cudart("driver")).malloc(1024)  # type: ignore[arg-type]
+    with pytest.raises(EngineError, match="CUDA device 3 requested but 1 device"):
+        CudaRuntime(_fake_cudart()).device_info(3)  # type: ignore[arg-type]
+
+
+def test_device_buffer_grows_in_powers_of_two() -> None:
+    buf = DeviceBuffer(CudaRuntime(_fake_cudart()))  # type: ignore[arg-type]
+    assert buf.ensure(1000) and buf.nbytes == 1024
+    first = buf.ptr
+    assert not buf.ensure(1024) and buf.ptr == first
+    assert buf.ensure(1025) and buf.nbytes == 2048 and buf.ptr != first
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tiny ONNX graphs (onnx.helper, no torch): the fixtures of the GPU tests, checked on ONNX Runtime CPU here
+
+def tiny_onnx(kind: str, precision: str, rng: np.random.Generator) -> Any:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    manifest = make_manifest(kind, ratio=2, compress_layers=(2,), precision=precision, max_sequence_length=300)
+    low = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT
+    inits = [numpy_helper.from_array(rng.normal(size=(VOCAB, HIDDEN)).astype(np.float32), "emb"),
+             numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+             numpy_helper.from_array(np.array([2], np.int64), "ax2"),
+             numpy_helper.from_array(np.array([-1], np.int64), "axl")]
+    nodes = [helper.make_node("Gather", ["emb", "input_ids"], ["h32"]),
+             helper.make_node("Cast", ["h32"], ["h"], to=low),
+             helper.make_node("Cast", ["attention_mask"], ["m"], to=low),
+             helper.make_node("Unsqueeze", ["m", "axl"], ["m3"]),
+             helper.make_node("Mul", ["h", "m3"], ["hm"])]
+    pooled = "hm"
+    if kind == LIGHTWEIGHT:
+        nodes += [helper.make_node("Unsqueeze", ["compress_index_2", "axl"], ["ci"]),
+                  helper.make_node("GatherND", ["hm", "ci"], ["g"], batch_dims=1),
+                  helper.make_node("Cast", ["compress_weight_2"], ["cw"], to=low),
+                  helper.make_node("Unsqueeze", ["cw", "axl"], ["cw4"]),
+                  helper.make_node("Mul", ["g", "cw4"], ["gw"]),
+                  helper.make_node("ReduceSum", ["gw", "ax2"], ["pooled"], keepdims=0)]
+        pooled = "pooled"
+    nodes += [helper.make_node("ReduceSum", [pooled, "ax1"], ["s"], keepdims=0),
+              helper.make_node("Cast", ["s"], ["s32"], to=TensorProto.FLOAT),  # the score head stays fp32
+              helper.make_node("Tanh", ["s32"], ["t"])]
+    for i, out in enumerate(manifest["graph"]["outputs"]):
+        inits.append(numpy_helper.from_array(rng.normal(size=(HIDDEN,)).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", ["t", f"w{i}"], [out["name"]]))
+    types = {"int64": TensorProto.INT64, "float32": TensorProto.FLOAT}
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info(i["name"], types[i["dtype"]], i["shape"])
+                        for i in manifest["graph"]["inputs"]],
+        [helper.make_tensor_value_info(o["name"], TensorProto.FLOAT, ["batch"]) for o in manifest["graph"]["outputs"]],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model, manifest
+
+
+def tiny_feeds(manifest: dict[str, Any], batch: int, length: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    ids = rng.integers(3, VOCAB, size=(batch, length), dtype=np.int64)
+    lengths = rng.integers(1, length + 1, size=batch)
+    mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int64)
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    for k in manifest["compress_layers"]:
+        compressed = (length + 1) // 2
+        feeds[f"compress_index_{k}"] = rng.integers(0, length, size=(batch, compressed, 2), dtype=np.int64)
+        feeds[f"compress_weight_{k}"] = rng.uniform(0, 1, size=(batch, compressed, 2)).astype(np.float32)
+    return feeds
+
+
+def save_export(path: Path, model: Any, manifest: dict[str, Any]) -> Path:
+    import onnx
+
+    path.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="model.onnx.data", size_threshold=256)  # the weight table goes out
+    return write_export(path, manifest)
+
+
+def ort_cpu(export: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(export / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds)))
+
+
+@pytest.mark.parametrize(("kind", "precision", "tolerance"), [
+    (ENCODER, "fp32", 1e-5), (LAYERWISE, "fp32", 1e-5), (LIGHTWEIGHT, "fp32", 1e-5), (ENCODER, "fp16", 2e-2)])
+def test_tiny_fixture_graphs_compute_what_they_should(tmp_path: Path, kind: str, precision: str,
+                                                      tolerance: float) -> None:
+    rng = np.random.default_rng(0)
+    model, manifest = tiny_onnx(kind, precision, rng)
+    from onnx import numpy_helper
+
+    emb = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}  # before saving moves them out
+    export = save_export(tmp_path / kind, model, manifest)
+    assert (export / "model.onnx.data").is_file()
+    feeds = tiny_feeds(manifest, 3, 20, np.random.default_rng(1))
+    h = emb["emb"].reshape(VOCAB, HIDDEN)[feeds["input_ids"]] * feeds["attention_mask"][..., None]
+    if kind == LIGHTWEIGHT:
+        idx, w = feeds["compress_index_2"], feeds["compress_weight_2"]
+        h = (h[np.arange(3)[:, None, None], idx] * w[..., None]).sum(2)
+    t = np.tanh(h.sum(1))
+    got = ort_cpu(export, feeds)
+    for i, out in enumerate(manifest["graph"]["outputs"]):
+        np.testing.assert_allclose(got[out["name"]], t @ emb[f"w{i}"], rtol=tolerance, atol=tolerance)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU: build and run (never run in CI)
+
+def _gpu_available() -> bool:
+    if importlib.util.find_spec("tensorrt") is None or importlib.util.find_spec("cuda") is None:
+        return False
+    try:
+        return CudaRuntime().device_count() > 0
+    except (EngineError, ImportError):
+        return False
+
+
+gpu = pytest.mark.skipif(not _gpu_available(), reason="needs tensorrt, cuda-python and an NVIDIA GPU")
+
+
+@pytest.mark.trt
+@gpu
+@pytest.mark.parametrize(("kind", "precision", "tolerance"), [
+    (ENCODER, "fp32", 1e-4), (LAYERWISE, "fp32", 1e-4), (LIGHTWEIGHT, "fp32", 1e-4), (ENCODER, "fp16", 2e-2)])
+def test_engine_matches_onnx_runtime_cpu(tmp_path: Path, kind: str, precision: str, tolerance: float) -> None:
+    model, manifest = tiny_onnx(kind, precision, np.random.default_rng(0))
+    export = save_export(tmp_path / kind, model, manifest)
+    messages: list[str] = []
+    options = tb.EngineOptions(max_batch_size=8, length_buckets=(32, 64))
+    assert tb.build_engine(export, options, progress=messages.append) == export / "model.engine"
+    assert any("wrote" in m for m in messages), messages
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert [p["max_length"] for p in manifest["tensorrt"]["profiles"]] == [32, 64, 300]
+    request = GraphRequest(tuple(map(tuple, manifest["exits"])), manifest["compress_ratio"],
+                           tuple(manifest["compress_layers"]))
+    rng = np.random.default_rng(2)
+    for graphs in (False, True):
+        with tbe.TensorRTBackend(export, manifest, 0, use_cuda_graphs=graphs) as backend:
+            backend.check(request)
+            for batch, length in [(1, 5), (3, 32), (8, 40), (2, 300), (3, 32)]:
+                feeds = tiny_feeds(manifest, batch, length, rng)
+                want = ort_cpu(export, feeds)
+                got = backend.run(request, feeds)
+                for name, scores in zip(request.output_names, got):
+                    assert scores.dtype == np.float32 and scores.shape == (batch,)
+                    np.testing.assert_allclose(scores, want[name], rtol=tolerance, atol=tolerance)
+            with pytest.raises(UnsupportedRequestError, match="--max-batch-size 9"):
+                backend.run(request, tiny_feeds(manifest, 9, 8, rng))
+
+
+@pytest.mark.trt
+@gpu
+def test_engine_from_another_tensorrt_is_refused(tmp_path: Path) -> None:
+    model, manifest = tiny_onnx(ENCODER, "fp32", np.random.default_rng(0))
+    export = save_export(tmp_path / "enc", model, manifest)
+    tb.build_engine(export, tb.EngineOptions(max_batch_size=2, length_buckets=(64,)), progress=lambda _: None)
+    with pytest.raises(EngineError, match="exists; pass overwrite=True"):
+        tb.build_engine(export, tb.EngineOptions(max_batch_size=2), progress=lambda _: None)
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["tensorrt"]["tensorrt_version"] = "9.0.0"
+    with pytest.raises(EngineError, match="built with TensorRT 9.0.0"):
+        tbe.TensorRTBackend(export, manifest)
