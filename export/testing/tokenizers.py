@@ -3,12 +3,13 @@
 Three styles, each laid out like the tokenizer.json of the real checkpoints it stands in for:
 
 - "xlm-roberta" (bge-reranker-base/large/v2-m3): Unigram, NFKC normalizer that maps tab/newline to a space,
-  Metaspace pre-tokenizer, specials
-  <s>=0 <pad>=1 </s>=2 <unk>=3 and <mask> last, the XLM-R pair template. Unknown characters become <unk>.
+  Metaspace pre-tokenizer, specials <s>=0 <pad>=1 </s>=2 <unk>=3 and <mask> last, the XLM-R pair template.
+  Unknown characters become <unk>.
 - "gemma" (bge-reranker-v2-gemma, the gemma2 lightweight): BPE with byte fallback, " " -> "▁" and no prefix
   space, specials <pad>=0 <eos>=1 <bos>=2 <unk>=3 <mask>=4, then the 256 byte tokens, left padding.
 - "llama" (bge-reranker-v2-minicpm-layerwise): the legacy Llama layout, Prepend("▁") + Replace(" ", "▁") and BPE
-  with byte fallback, specials <unk>=0 <s>=1 </s>=2, then the byte tokens; pad = <unk>, so "\n" is ['▁', '<0x0A>'].
+  with byte fallback, specials <unk>=0 <s>=1 </s>=2, then the byte tokens; pad = <unk>. No "\n" piece, so "\n"
+  alone is ['▁', '<0x0A>'] as with the real MiniCPM tokenizer.
 
 Each build writes tokenizer.json, tokenizer_config.json and special_tokens_map.json, byte-identical on every run.
 transformers 4.47.1 loads them as XLMRobertaTokenizerFast / GemmaTokenizerFast / LlamaTokenizerFast and keeps
@@ -36,6 +37,7 @@ from .corpus import corpus
 SPACE = "▁"
 BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
 UNIGRAM_EM_ROUNDS = 2
+MIN_VOCAB_SIZE = 512
 
 
 @dataclass(frozen=True)
@@ -82,24 +84,29 @@ def write_tokenizer(
 ) -> None:
     """Train a tokenizer of `style` on `corpus()` and write its three files into `out_dir`.
 
-    vocab_size: the target size with specials (default 2000 for xlm-roberta, 2048 otherwise). BPE styles hit it
-      exactly; the Unigram trainer may stop below it. Read the real size from tokenizer.json.
+    vocab_size: the largest size, specials included (default 2000 for xlm-roberta, 2048 otherwise). The trainers
+      stop early when the corpus runs out of merges (today: xlm-roberta 1216, gemma 2048, llama 2025), so read
+      the real size from tokenizer.json (`Tokenizer.get_vocab_size(with_added_tokens=True)`).
     padding_side / model_max_length: default to the style's (xlm-roberta right/514, gemma left/8192,
       llama right/8192).
     """
     spec = _style(style)
-    side = padding_side or spec.padding_side
+    side = spec.padding_side if padding_side is None else padding_side
     if side not in ("left", "right"):
         raise UnsupportedRequestError(f"padding_side must be 'left' or 'right', got {side!r}")
-    size = vocab_size or spec.vocab_size
-    if size < len(spec.specials) + 256 + 100:
-        raise UnsupportedRequestError(f"vocab_size {size} is too small for style {style!r}; use at least 512")
+    size = spec.vocab_size if vocab_size is None else vocab_size
+    if size < MIN_VOCAB_SIZE:
+        raise UnsupportedRequestError(
+            f"vocab_size {size} is too small for style {style!r} (specials + 256 byte tokens + merges); "
+            f"use at least {MIN_VOCAB_SIZE}"
+        )
     tokenizer = _BUILDERS[style](size)
     _check(tokenizer, style)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer_json = json.loads(tokenizer.to_str())
-    config = _tokenizer_config(spec, tokenizer_json, side, model_max_length or spec.model_max_length)
+    max_len = spec.model_max_length if model_max_length is None else model_max_length
+    config = _tokenizer_config(spec, tokenizer_json, side, max_len)
     _write_json(out / "tokenizer.json", tokenizer_json)
     _write_json(out / "tokenizer_config.json", config)
     _write_json(out / "special_tokens_map.json", _special_tokens_map(spec, tokenizer_json))
@@ -152,8 +159,9 @@ def _rescore(pieces: list[str], words: Counter[str]) -> list[tuple[str, float]]:
 
     The trainer's piece set is stable, but its scores jitter in the last bits between runs (hash-map summation
     order) and the characters it adds at the end get penalty scores in hash-set order, so the ids would change
-    from run to run. Instead: start from substring counts over the distinct words and run a few rounds of
-    hard EM (Viterbi counts over `words`, the normalized pre-tokenized corpus). Every step is integer counting or a log of integers, so the result is exact.
+    from run to run. Instead: start from substring counts over the distinct words and run a few rounds of hard
+    EM (Viterbi counts over `words`, the normalized pre-tokenized corpus). Every step is integer counting or the
+    log of an integer ratio, so the result is the same on every run.
     """
     distinct = sorted(words)
     text = "\x00".join(distinct)
