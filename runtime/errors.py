@@ -46,3 +46,7 @@ class ParityError(RerankError):
 
 class EngineError(RerankError):
     """A TensorRT engine that cannot be built or loaded here."""
+
+
+class ExportError(RerankError, ValueError):
+    """Export options that make no sense for the model, or an output directory that is in the way."""

@@ -1,0 +1,113 @@
+"""rerank-export: a thin front end over export_onnx and build_engine. Imports nothing heavy until it runs.
+
+  rerank-export --model bge-reranker-v2-gemma --fp16          export (and verify) an ONNX artifact
+  rerank-export --model ... --tensorrt                        ... and build a TensorRT engine beside it
+  rerank-export engine exports/bge-reranker-v2-gemma-fp16     build an engine for an existing export
+  rerank-export list                                          the supported families and built-in demo models
+
+Exit codes: 0 done; 2 bad input (unknown model, bad options, existing output, missing dependency); 3 the artifact
+failed verification against the PyTorch reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+MODEL_CLASSES = ("encoder-only-base", "decoder-only-base", "decoder-only-layerwise", "decoder-only-lightweight")
+
+
+def export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rerank-export", description="Export a BGE reranker to ONNX (and TensorRT).",
+                                epilog="Other commands: `rerank-export engine DIR`, `rerank-export list`.")
+    p.add_argument("--model", required=True, help="checkpoint directory, hub id (BAAI/...), short BAAI name, or a "
+                   "built-in demo model (see `rerank-export list`); hub ids load from the local hub cache only")
+    p.add_argument("--output", help="output directory (default: exports/<model>-<precision>)")
+    p.add_argument("--model-class", choices=MODEL_CLASSES, help="override the detected reranker kind")
+    prec = p.add_mutually_exclusive_group()
+    prec.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="fp16 (GPUs)")
+    prec.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="bf16 (GPUs)")
+    prec.add_argument("--int8", dest="precision", action="store_const", const="int8", help="dynamic int8 (CPUs)")
+    p.set_defaults(precision="fp32")
+    p.add_argument("--max-length", type=int, default=512, help="FlagEmbedding max_length the artifact is sized and "
+                   "verified for (default 512)")
+    p.add_argument("--cutoff-layers", type=int, nargs="+", help="layerwise: end the graph at the deepest of these; "
+                   "lightweight: the exits baked into the graph")
+    p.add_argument("--compress-ratio", type=int, help="lightweight: token compression ratio baked into the graph")
+    p.add_argument("--compress-layers", type=int, nargs="+", help="lightweight: layers before which tokens compress")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the parity check against PyTorch")
+    p.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (needs a GPU and [gpu])")
+    _engine_args(p)
+    return p
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-batch-size", type=int, default=32, help="TensorRT: largest batch the engine serves")
+
+
+def engine_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rerank-export engine", description="Build a TensorRT engine for an export.")
+    p.add_argument("export_dir", help="a directory written by rerank-export")
+    p.add_argument("--max-length", type=int, help="longest sequence the engine serves (default: the manifest's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing engine")
+    _engine_args(p)
+    return p
+
+
+def _export(argv: Sequence[str]) -> int:
+    args = export_parser().parse_args(argv)
+    from .exporter import ExportOptions, export_onnx
+
+    path = export_onnx(ExportOptions(
+        model=args.model, output=args.output, model_class=args.model_class, precision=args.precision,
+        max_length=args.max_length, cutoff_layers=tuple(args.cutoff_layers) if args.cutoff_layers else None,
+        compress_ratio=args.compress_ratio, compress_layers=tuple(args.compress_layers) if args.compress_layers else None,
+        overwrite=args.overwrite, verify=args.verify,
+    ))
+    if args.tensorrt:
+        from .tensorrt_build import EngineOptions, build_engine
+
+        build_engine(path, EngineOptions(max_batch_size=args.max_batch_size, overwrite=True))
+    return 0
+
+
+def _engine(argv: Sequence[str]) -> int:
+    args = engine_parser().parse_args(argv)
+    from .tensorrt_build import EngineOptions, build_engine
+
+    build_engine(args.export_dir, EngineOptions(max_batch_size=args.max_batch_size, max_length=args.max_length,
+                                                overwrite=args.overwrite))
+    return 0
+
+
+def _list(argv: Sequence[str]) -> int:
+    argparse.ArgumentParser(prog="rerank-export list").parse_args(argv)
+    from .families import REGISTRY
+    from .testing.factory import BUILTIN
+
+    for family in REGISTRY.values():
+        print(f"{family.name:20s} {family.model_class:26s} {', '.join(family.architectures)}")
+    print("built-in demo models: " + ", ".join(sorted(BUILTIN)))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = {"engine": _engine, "list": _list}.get(argv[0] if argv else "", _export)
+    rest = argv[1:] if command is not _export else argv
+    from rerank_runtime.errors import ParityError, RerankError
+
+    try:
+        return command(rest)
+    except ParityError as exc:
+        print(f"rerank-export: verification failed: {exc}", file=sys.stderr)
+        return 3
+    except RerankError as exc:
+        print(f"rerank-export: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

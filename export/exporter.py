@@ -1,0 +1,217 @@
+"""export_onnx: a checkpoint of any supported kind to an ONNX artifact the runtime serves, verified on the way out."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rerank_runtime.errors import ExportError
+from rerank_runtime.kinds import DEFAULT_COMPRESS_LAYERS, build_request, get_kind
+from rerank_runtime.manifest import GraphInfo, Manifest, TensorSpec
+from rerank_runtime.spec import LAYERWISE, LIGHTWEIGHT, MODEL_CLASSES, GraphRequest, ModelSpec
+
+from .checkpoint import load_model, model_spec, read_json, resolve_model, tokenizer_file
+from .families import FamilySpec, detect_family
+from .precision import PRECISIONS, cast_weights
+from .progress import Progress
+
+PHASES = ["load", "trace", "optimise", "verify"]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    model: str
+    output: str | None = None
+    model_class: str | None = None
+    precision: str = "fp32"
+    max_length: int = 512
+    cutoff_layers: tuple[int, ...] | None = None
+    compress_ratio: int | None = None
+    compress_layers: tuple[int, ...] | None = None
+    overwrite: bool = False
+    verify: bool = True
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """Everything decided before any heavy work starts."""
+
+    options: ExportOptions
+    checkpoint: Path
+    config: dict[str, Any]
+    family: FamilySpec
+    spec: ModelSpec
+    request: GraphRequest
+    defaults: dict[str, Any]
+    output: Path
+
+
+def plan_export(opts: ExportOptions) -> ExportPlan:
+    """Validate every option against the model; raises before anything is loaded or written."""
+    if opts.precision not in PRECISIONS:
+        raise ExportError(f"precision must be one of {PRECISIONS}, got {opts.precision!r}")
+    if opts.model_class is not None and opts.model_class not in MODEL_CLASSES:
+        raise ExportError(f"--model-class must be one of {MODEL_CLASSES}, got {opts.model_class!r}")
+    if opts.max_length < 2:
+        raise ExportError(f"--max-length must be at least 2, got {opts.max_length}")
+    checkpoint = resolve_model(opts.model)
+    config = read_json(checkpoint / "config.json")
+    model_class = opts.model_class
+    if model_class is None:
+        from .reference import detect_model_class
+
+        model_class = detect_model_class(str(checkpoint) if Path(opts.model).is_dir() else opts.model)
+    family = detect_family(config, model_class)
+    spec = model_spec(checkpoint, config, family)
+    request, defaults = _request(opts, family, spec)
+    output = Path(opts.output) if opts.output else Path("exports") / f"{_name(opts.model)}-{opts.precision}"
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not opts.overwrite:
+        raise ExportError(f"{output} exists and is not empty; pass --overwrite to replace it or choose --output")
+    return ExportPlan(opts, checkpoint, config, family, spec, request, defaults, output)
+
+
+def _name(model: str) -> str:
+    return Path(model.rstrip("/")).name or "model"
+
+
+def _request(opts: ExportOptions, family: FamilySpec, spec: ModelSpec) -> tuple[GraphRequest, dict[str, Any]]:
+    kind = get_kind(family.model_class)
+    compressing = opts.compress_ratio is not None or opts.compress_layers is not None
+    if opts.cutoff_layers is not None and not kind.takes_cutoff:
+        raise ExportError(f"--cutoff-layers applies to layerwise and lightweight rerankers; {family.name} has one score")
+    if compressing and not kind.takes_compression:
+        raise ExportError(f"--compress-ratio/--compress-layers apply to the lightweight reranker only, not {family.name}")
+    cutoff = list(opts.cutoff_layers) if opts.cutoff_layers is not None else None
+    try:
+        if family.model_class == LAYERWISE:
+            # Every head up to the deepest requested layer, so any cutoff_layers up to it can be served.
+            deepest = max(build_request(kind, spec, cutoff_layers=cutoff).exits)[0]
+            exits = tuple((layer, layer - spec.start_layer) for layer in range(spec.start_layer, deepest + 1))
+            return GraphRequest(exits=exits), {"cutoff_layers": cutoff}
+        if family.model_class == LIGHTWEIGHT:
+            ratio = opts.compress_ratio if opts.compress_ratio is not None else 1
+            layers = list(opts.compress_layers) if opts.compress_layers is not None else list(DEFAULT_COMPRESS_LAYERS)
+            request = build_request(kind, spec, cutoff_layers=cutoff, compress_ratio=ratio, compress_layers=layers)
+            return request, {"cutoff_layers": cutoff, "compress_ratio": ratio, "compress_layers": layers}
+    except (TypeError, ValueError) as exc:
+        raise ExportError(str(exc)) from None
+    return GraphRequest(), {}
+
+
+def max_sequence_length(plan: ExportPlan, tokenizer: Any) -> int:
+    """The longest sequence FlagEmbedding's layout makes at max_length with the default prompt."""
+    n = plan.options.max_length
+    kind = get_kind(plan.family.model_class)
+    if kind.default_prompt is None:
+        return n
+    sep = len(tokenizer.encode("\n", add_special_tokens=False).ids)
+    prompt = len(tokenizer.encode(kind.default_prompt, add_special_tokens=False).ids)
+    return int(math.ceil((1 + n + 2 * sep + 2 * prompt) / 8) * 8)
+
+
+def export_onnx(opts: ExportOptions, progress: Progress | None = None) -> Path:
+    """Export, optimise, write manifest and tokenizer, verify; the output appears only when all of it succeeded."""
+    plan = plan_export(opts)
+    report = progress or Progress(PHASES if opts.verify else PHASES[:-1])
+    report.say(f"exporting {plan.checkpoint} ({plan.family.name}, {plan.family.model_class}) at {opts.precision}")
+    plan.output.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{plan.output.name}-", dir=plan.output.parent))
+    try:
+        _build(plan, work, report)
+        if plan.output.exists():
+            shutil.rmtree(plan.output)
+        work.rename(plan.output)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    report.say(f"wrote {plan.output}")
+    return plan.output
+
+
+def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
+    from tokenizers import Tokenizer
+
+    from .onnx_export import OPSET, trace_to_onnx
+
+    opts = plan.options
+    with report.phase("load"):
+        model = load_model(plan.checkpoint, plan.config, plan.family)
+        if opts.precision in ("fp16", "bf16"):
+            cast_weights(model, opts.precision)
+        wrapper = plan.family.build_wrapper(model, plan.config, plan.request, {"yes_token_id": plan.spec.yes_token_id})
+    onnx_path = work / "model.onnx"
+    with report.phase("trace"):
+        external = trace_to_onnx(wrapper.eval(), plan.family, plan.request, plan.spec.pad_token_id, onnx_path)
+    del model, wrapper
+    with report.phase("optimise"):
+        if opts.precision == "int8":
+            from .quantize import quantize_int8
+
+            external = quantize_int8(onnx_path)
+    shutil.copyfile(tokenizer_file(plan.checkpoint), work / "tokenizer.json")
+    tokenizer = Tokenizer.from_file(str(work / "tokenizer.json"))
+    manifest = Manifest(
+        model_name=_name(opts.model), source=str(plan.checkpoint), family=plan.family.name, spec=plan.spec,
+        precision=opts.precision, graph=graph_info(onnx_path, external, OPSET), max_length=opts.max_length,
+        max_sequence_length=max_sequence_length(plan, tokenizer), exits=plan.request.exits,
+        compress_ratio=plan.request.compress_ratio, compress_layers=plan.request.compress_layers,
+        defaults=plan.defaults, token_layout=token_layout(plan, tokenizer), versions=versions(),
+    )
+    manifest.write(work)
+    if opts.verify:
+        from .verify import verify
+
+        with report.phase("verify"):
+            result = verify(work, plan.checkpoint, plan.family.model_class, opts.precision, opts.max_length,
+                            _verify_call(plan))
+        report.say(f"verified on {result['pairs']} probe pairs x {result['outputs']} outputs: max abs diff "
+                   f"{result['max_abs_diff']:.2e}, Spearman {result['spearman']:.4f} ({result['method']})")
+        Manifest.from_dict({**manifest.to_dict(), "verification": result}, where="verification").write(work)
+
+
+def _verify_call(plan: ExportPlan) -> dict[str, Any]:
+    """compute_score arguments that exercise every output (the reference knows nothing of the artifact's defaults)."""
+    if plan.family.model_class == LAYERWISE:
+        return {"cutoff_layers": [layer for layer, _ in plan.request.exits]}
+    return {k: v for k, v in plan.defaults.items() if v is not None}
+
+
+def graph_info(path: Path, external: list[str], opset: int) -> GraphInfo:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    names = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}
+
+    def spec(value: Any) -> TensorSpec:
+        t = value.type.tensor_type
+        dims = tuple(d.dim_param or d.dim_value for d in t.shape.dim)
+        return TensorSpec(value.name, names.get(t.elem_type, str(t.elem_type)), dims)
+
+    return GraphInfo(file=path.name, opset=opset, inputs=tuple(spec(v) for v in model.graph.input),
+                     outputs=tuple(spec(v) for v in model.graph.output), external_data=tuple(external))
+
+
+def token_layout(plan: ExportPlan, tokenizer: Any) -> dict[str, Any]:
+    kind = get_kind(plan.family.model_class)
+    layout: dict[str, Any] = {"query_instruction": kind.query_instruction, "passage_instruction": kind.passage_instruction,
+                              "default_prompt": kind.default_prompt, "yes_token_id": plan.spec.yes_token_id}
+    if kind.default_prompt is not None:
+        layout["separator_ids"] = tokenizer.encode("\n", add_special_tokens=False).ids
+        layout["prompt_ids"] = tokenizer.encode(kind.default_prompt, add_special_tokens=False).ids
+    return layout
+
+
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for dist in ("bge-rerank-fast", "torch", "onnx", "onnxscript", "onnxruntime", "tokenizers", "transformers"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out

@@ -1,0 +1,91 @@
+"""Export-time verification: score the probe set through ONNX Runtime and through the PyTorch reference."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rerank_runtime.errors import ParityError
+from rerank_runtime.tolerances import tolerance
+
+from .probe import PROBE_PAIRS
+
+# How each precision is executed on a CPU for verification.
+CPU_METHOD = {
+    "fp32": "ONNX Runtime CPU, as exported",
+    "fp16": "ONNX Runtime CPU, as exported",
+    "int8": "ONNX Runtime CPU, as exported",
+    "bf16": "ONNX Runtime CPU on a copy whose bf16 weights and casts are widened to fp32 (ONNX Runtime has no bf16 "
+            "CPU kernels): checks the graph and the bf16-rounded weights, not bf16 activation rounding",
+}
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    if a.size < 2:
+        return 1.0
+    ra, rb = np.argsort(np.argsort(a)).astype(float), np.argsort(np.argsort(b)).astype(float)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    denom = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
+    return 1.0 if denom == 0 else float((ra * rb).sum() / denom)
+
+
+def widen_bf16(src: Path, dst: Path) -> None:
+    """Copy an artifact, rewriting model.onnx so that every bf16 tensor and cast becomes fp32."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    model = onnx.load(str(src / "model.onnx"))
+    graph = model.graph
+    for init in graph.initializer:
+        if init.data_type == TensorProto.BFLOAT16:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float32), init.name))
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.name == "to" and attr.i == TensorProto.BFLOAT16:
+                attr.i = TensorProto.FLOAT
+            if attr.t is not None and attr.t.data_type == TensorProto.BFLOAT16:
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float32), attr.t.name))
+    for vi in list(graph.value_info) + list(graph.input) + list(graph.output):
+        if vi.type.tensor_type.elem_type == TensorProto.BFLOAT16:
+            vi.type.tensor_type.elem_type = TensorProto.FLOAT
+    onnx.save(model, str(dst / "model.onnx"))
+
+
+def verify(export_dir: Path, checkpoint: Path, model_class: str, precision: str, max_length: int,
+           call: dict[str, Any]) -> dict[str, Any]:
+    """Compare the artifact with the fp32 reference on the probe set; raise ParityError beyond the tolerance."""
+    from rerank_runtime.rerankers import FlagAutoReranker as Runtime
+
+    from .reference import FlagAutoReranker as Reference
+
+    kwargs = dict(max_length=min(max_length, 512), batch_size=4)
+    reference = Reference.from_finetuned(str(checkpoint), model_class=model_class, **kwargs)
+    expected = np.atleast_2d(reference.compute_score_array(PROBE_PAIRS, **call))
+    with tempfile.TemporaryDirectory() as tmp:
+        target = export_dir
+        if precision == "bf16":
+            target = Path(tmp) / "widened"
+            widen_bf16(export_dir, target)
+        runtime = Runtime.from_finetuned(str(target), model_class=model_class, devices="cpu", **kwargs)
+        got = np.atleast_2d(runtime.compute_score_array(PROBE_PAIRS, **call))
+    tol = tolerance(precision, "cpu")
+    diff = np.abs(got - expected)
+    worst = float(diff.max())
+    excess = float((diff - (tol.atol + tol.rtol * np.abs(expected))).max())
+    rho = min(spearman(g, e) for g, e in zip(got, expected))
+    result = {"provider": "CPUExecutionProvider", "method": CPU_METHOD[precision], "pairs": len(PROBE_PAIRS),
+              "outputs": int(got.shape[0]), "max_abs_diff": worst, "spearman": rho,
+              "tolerance": {"atol": tol.atol, "rtol": tol.rtol, "min_spearman": tol.min_spearman}, "passed": True}
+    if excess > 0 or rho < tol.min_spearman:
+        raise ParityError(
+            f"{export_dir} scores differ from the fp32 reference beyond the {precision} tolerance: max abs diff "
+            f"{worst:.3g} (atol {tol.atol}, rtol {tol.rtol}), Spearman {rho:.4f} (min {tol.min_spearman})",
+            diffs={"max_abs_diff": worst, "spearman": rho}, tolerance=tol.atol,
+        )
+    return result
