@@ -25,12 +25,13 @@ import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from rerank_runtime._deps import require
 from rerank_runtime.cudart import CudaRuntime, DeviceInfo
 from rerank_runtime.errors import ArtifactError, EngineError, ManifestMismatchError, UnsupportedRequestError
-from rerank_runtime.trt_backend import ENGINE_FILE, Profile, capturing_logger
+from rerank_runtime.trt_backend import ENGINE_FILE, Profile, Shape, capturing_logger
 
 MANIFEST = "manifest.json"
 TIMING_CACHE = "timing.cache"
@@ -102,12 +103,12 @@ def resolve_max_length(manifest: Mapping[str, Any], options: EngineOptions) -> i
 
 
 def _input_stages(manifest: Mapping[str, Any]) -> dict[str, int]:
-    """Input name -> 0 for token inputs, k >= 1 for the k-th compression stage's index/weight inputs."""
+    """Input name -> 0 for token inputs, k + 1 for compression stage k's compress_index_k / compress_weight_k."""
     inputs = {i["name"]: i for i in manifest["graph"]["inputs"]}
     ratio = int(manifest.get("compress_ratio", 1))
     layers = sorted(manifest.get("compress_layers", [])) if ratio > 1 else []
     expected = {**{n: 0 for n in TOKEN_INPUTS},
-                **{f"compress_{kind}_{layer}": k for k, layer in enumerate(layers, 1) for kind in ("index", "weight")}}
+                **{f"compress_{role}_{k}": k + 1 for k in range(len(layers)) for role in ("index", "weight")}}
     if set(inputs) != set(expected):
         raise ManifestMismatchError(f"manifest.json graph inputs {sorted(inputs)} do not match compress_ratio={ratio}, "
                                     f"compress_layers={layers}: expected {sorted(expected)}")
@@ -128,11 +129,12 @@ def plan_profiles(manifest: Mapping[str, Any], options: EngineOptions) -> list[P
     max_b, opt_b = options.max_batch_size, options.opt_batch_size or options.max_batch_size
     profiles, low = [], 1
     for index, high in enumerate(length_buckets(max_length, options.length_buckets)):
-        shapes = {}
+        shapes: dict[str, tuple[Shape, Shape, Shape]] = {}
         for name, stage in stages.items():
             if stage == 0:
                 shapes[name] = ((1, low), (opt_b, high), (max_b, high))
-            else:  # a compressed length never exceeds the uncompressed one: ql + ceil(p / r) + pl <= ql + p + pl
+            else:  # a compressed length never exceeds the uncompressed one: ql + ceil(p / r) + pl <= ql + p + pl;
+                # stage k typically divides the passage by r ** (k + 1), which sets the length kernels are tuned for
                 opt = min(high, max(1, math.ceil(high / ratio**stage)))
                 shapes[name] = ((1, 1, ratio), (opt_b, opt, ratio), (max_b, high, ratio))
         profiles.append(Profile(index, low, high, max_b, shapes))
@@ -223,7 +225,8 @@ def build_engine(export_dir: Path | str, options: EngineOptions | None = None,
     export_dir, options = Path(export_dir), options or EngineOptions()
     manifest = read_manifest(export_dir)
     profiles = plan_profiles(manifest, options)
-    onnx_path, engine_path = export_dir / manifest["graph"]["file"], export_dir / ENGINE_FILE
+    onnx_path: Path = export_dir / str(manifest["graph"]["file"])
+    engine_path: Path = export_dir / ENGINE_FILE
     if not onnx_path.is_file():
         raise ArtifactError(f"{onnx_path} is missing; re-export the artifact")
     if engine_path.exists() and not options.overwrite:
@@ -235,7 +238,8 @@ def build_engine(export_dir: Path | str, options: EngineOptions | None = None,
     strongly_typed = _typing(trt, precision, options, device)
     clock = _Clock(progress)
     clock.report(f"TensorRT {trt.__version__} on {device.name} (compute {device.compute_capability}): {precision} "
-                 f"artifact, {len(profiles)} profiles up to {profiles[-1].max_length} tokens x {options.max_batch_size}")
+                 f"artifact, {len(profiles)} profiles up to {profiles[-1].max_length} tokens x "
+                 f"{options.max_batch_size} rows")
     cache_path = options.timing_cache or export_dir / TIMING_CACHE
     data, handling, reused, seconds = _build(trt, onnx_path, manifest, options, profiles, strongly_typed,
                                              cache_path, clock)

@@ -189,8 +189,9 @@ class PinnedBuffer:
         self.ptr, self.nbytes = new, size
 
     def view(self, dtype: np.dtype[Any], count: int) -> np.ndarray:
-        raw = (ctypes.c_char * self.nbytes).from_address(self.ptr)
-        return np.frombuffer(raw, dtype=np.uint8).view(dtype)[:count]
+        raw = memoryview((ctypes.c_char * self.nbytes).from_address(self.ptr)).cast("B")
+        array: np.ndarray = np.frombuffer(raw, dtype=np.uint8).view(dtype)
+        return array[:count]
 
     def release(self) -> None:
         if self.ptr:

@@ -14,7 +14,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -88,24 +89,32 @@ def check_engine_compatibility(section: Mapping[str, Any], *, tensorrt_version: 
                           + f". Rebuild it on this machine: {rebuild_command(export_dir)}")
 
 
-def select_profile(profiles: list[Profile], batch: int, length: int, export_dir: Path | str) -> Profile:
+def select_profile(profiles: list[Profile], batch: int, length: int, export_dir: Path | str,
+                   manifest: Mapping[str, Any] | None = None) -> Profile:
     """The profile of the smallest length bucket that holds a [batch, length] batch."""
     for profile in sorted(profiles, key=lambda p: p.max_length):
         if profile.fits(batch, length):
             return profile
-    max_len = max(p.max_length for p in profiles)
-    max_batch = max(p.max_batch_size for p in profiles)
-    fixes = []
+    max_len, max_batch = max(p.max_length for p in profiles), max(p.max_batch_size for p in profiles)
+    limit = int(manifest["max_sequence_length"]) if manifest else None
+    problems, flags = [], ""
+    if limit is not None and length > limit:
+        exported = manifest.get("max_length") if manifest else None
+        raise UnsupportedRequestError(
+            f"the batch is padded to {length} tokens, beyond the {limit} that the artifact in {export_dir} was "
+            f"exported for (max_length {exported}): pass max_length <= {exported} or re-export with a larger "
+            "--max-length")
     if length > max_len:
-        fixes.append(f"the batch is padded to {length} tokens but the engine's longest profile takes {max_len}: "
-                     f"lower max_length or rebuild with --max-length {length}")
+        problems.append(f"the batch is padded to {length} tokens but the engine's longest profile takes {max_len}")
+        flags += f" --max-length {length}"
     if batch > max_batch:
-        fixes.append(f"the batch has {batch} rows but the engine takes at most {max_batch}: lower batch_size or "
-                     f"rebuild with --max-batch-size {batch}")
-    if not fixes:
-        fixes.append(f"no profile covers {batch} rows x {length} tokens (profiles: "
-                     + ", ".join(f"{p.min_length}..{p.max_length} tokens x {p.max_batch_size}" for p in profiles) + ")")
-    raise UnsupportedRequestError("; ".join(fixes) + f" ({rebuild_command(export_dir)} ...)")
+        problems.append(f"the batch has {batch} rows but the engine takes at most {max_batch}")
+        flags += f" --max-batch-size {batch}"
+    if not problems:
+        problems.append(f"no profile covers {batch} rows x {length} tokens (profiles: "
+                        + ", ".join(f"{p.min_length}..{p.max_length} x {p.max_batch_size}" for p in profiles) + ")")
+    raise UnsupportedRequestError("; ".join(problems) + ". Lower batch_size / max_length, or rebuild the engine: "
+                                  + rebuild_command(export_dir, flags))
 
 
 def check_request(manifest: Mapping[str, Any], request: GraphRequest) -> None:
@@ -203,7 +212,7 @@ class TensorRTBackend:
             raise UnsupportedRequestError(f"feeds lack {missing}; the engine takes {self._inputs}")
         arrays = {n: np.ascontiguousarray(feeds[n], dtype=self._dtypes[n]) for n in self._inputs}
         batch, length = arrays["input_ids"].shape
-        profile = select_profile(self.profiles, batch, length, self.export_dir)
+        profile = select_profile(self.profiles, batch, length, self.export_dir, self.manifest)
         with self._lock:
             self._cuda.set_device(self.device_id)  # the current device is per thread
             outputs = self._execute(profile, arrays, batch)
@@ -214,8 +223,10 @@ class TensorRTBackend:
             while self._graphs:
                 self._drop_graph(self._graphs.popitem(last=False)[1])
             self._contexts.clear()
-            for buf in (*self._device.values(), *self._host.values()):
-                buf.release()
+            for device in self._device.values():
+                device.release()
+            for host in self._host.values():
+                host.release()
             if self._stream is not None:
                 self._cuda.stream_destroy(self._stream)
                 self._stream = None
@@ -234,9 +245,10 @@ class TensorRTBackend:
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         graph = self.manifest["graph"]
         want_in, want_out = {i["name"] for i in graph["inputs"]}, {o["name"] for o in graph["outputs"]}
-        if set(inputs) != want_in or set(names) - set(inputs) != want_out:
+        outputs = set(names) - set(inputs)
+        if set(inputs) != want_in or outputs != want_out:
             raise ManifestMismatchError(
-                f"{self.export_dir}: the engine has inputs {sorted(inputs)} and outputs {sorted(set(names) - set(inputs))}"
+                f"{self.export_dir}: the engine has inputs {sorted(inputs)} and outputs {sorted(outputs)}"
                 f" but manifest.json says {sorted(want_in)} and {sorted(want_out)}; rebuild: "
                 + rebuild_command(self.export_dir))
         return dtypes, inputs
@@ -326,7 +338,8 @@ class TensorRTBackend:
 
     def _enqueue(self, ctx: Any) -> None:
         if not ctx.execute_async_v3(self._stream_handle):
-            raise EngineError(f"TensorRT execute_async_v3 failed: {'; '.join(self._logger.errors[-3:]) or 'no message'}")
+            errors = "; ".join(self._logger.errors[-3:]) or "no message"
+            raise EngineError(f"TensorRT execute_async_v3 failed: {errors}")
 
     def _capture(self, index: int, arrays: dict[str, np.ndarray], batch: int) -> _Graph:
         """Own context with memory sized for these shapes; an uncaptured warm-up run, then capture (gpu-apis 2.4)."""

@@ -42,7 +42,7 @@ def make_manifest(kind: str = ENCODER, *, max_sequence_length: int = 512, ratio:
         exits = [[2, 0], [3, 1]]
     if kind != LIGHTWEIGHT:
         ratio, compress_layers = 1, ()
-    for k in compress_layers:
+    for k in range(len(compress_layers)):  # stage k's inputs, numbered by stage (runtime/compression.py)
         for role, dtype in (("index", "int64"), ("weight", "float32")):
             shape = ["batch", f"compressed_{k}", ratio]
             inputs.append({"name": f"compress_{role}_{k}", "dtype": dtype, "shape": shape})
@@ -82,11 +82,11 @@ def test_layerwise_profiles_follow_options() -> None:
 def test_lightweight_profiles_bound_compressed_inputs_by_the_bucket() -> None:
     profiles = tb.plan_profiles(make_manifest(LIGHTWEIGHT, ratio=2, compress_layers=(2, 4)), tb.EngineOptions())
     last = profiles[-1]
-    assert set(last.shapes) == {"input_ids", "attention_mask", "compress_index_2", "compress_weight_2",
-                                "compress_index_4", "compress_weight_4"}
-    assert last.shapes["compress_index_2"] == ((1, 1, 2), (32, 256, 2), (32, 512, 2))  # stage 1: ceil(512 / 2)
-    assert last.shapes["compress_weight_4"] == ((1, 1, 2), (32, 128, 2), (32, 512, 2))  # stage 2: ceil(512 / 4)
-    assert profiles[0].shapes["compress_index_2"][2] == (32, 64, 2)
+    assert set(last.shapes) == {"input_ids", "attention_mask", "compress_index_0", "compress_weight_0",
+                                "compress_index_1", "compress_weight_1"}
+    assert last.shapes["compress_index_0"] == ((1, 1, 2), (32, 256, 2), (32, 512, 2))  # stage 0: ceil(512 / 2)
+    assert last.shapes["compress_weight_1"] == ((1, 1, 2), (32, 128, 2), (32, 512, 2))  # stage 1: ceil(512 / 4)
+    assert profiles[0].shapes["compress_index_0"][2] == (32, 64, 2)
 
 
 def test_lightweight_with_ratio_one_has_token_inputs_only() -> None:
@@ -98,11 +98,11 @@ def test_lightweight_with_ratio_one_has_token_inputs_only() -> None:
 def test_plan_rejects_inputs_that_disagree_with_compression() -> None:
     manifest = make_manifest(LIGHTWEIGHT, ratio=2, compress_layers=(2,))
     manifest["compress_layers"] = [2, 4]
-    with pytest.raises(ManifestMismatchError, match="compress_index_4"):
+    with pytest.raises(ManifestMismatchError, match="compress_index_1"):
         tb.plan_profiles(manifest, tb.EngineOptions())
     manifest = make_manifest(LIGHTWEIGHT, ratio=2, compress_layers=(2,))
     manifest["graph"]["inputs"][2]["shape"] = ["batch", "compressed_2", 3]
-    with pytest.raises(ManifestMismatchError, match=r"compress_index_2 has shape .*\[batch, compressed, 2\]"):
+    with pytest.raises(ManifestMismatchError, match=r"compress_index_0 has shape .*\[batch, compressed, 2\]"):
         tb.plan_profiles(manifest, tb.EngineOptions())
 
 
@@ -209,7 +209,7 @@ def test_version_or_gpu_mismatch_says_how_to_rebuild(version: str, cc: str, expe
 
 
 def test_engine_section_must_exist_and_be_complete() -> None:
-    with pytest.raises(EngineError, match="has no TensorRT engine.*rerank-export engine /x"):
+    with pytest.raises(EngineError, match=r"has no TensorRT engine.*rerank-export engine /x"):
         tbe.engine_section(make_manifest(ENCODER), "/x")
     with pytest.raises(ArtifactError, match=r"lacks \['engine_bytes', 'profiles'\]"):
         tbe.engine_section({"tensorrt": {"tensorrt_version": "10", "compute_capability": "8.9", "gpu_name": "g",
@@ -231,7 +231,14 @@ def test_select_profile_beyond_every_profile(batch: int, length: int, hints: lis
     profiles = tb.plan_profiles(make_manifest(ENCODER), tb.EngineOptions())
     with pytest.raises(UnsupportedRequestError) as info:
         tbe.select_profile(profiles, batch, length, "/e")
-    assert all(h in str(info.value) for h in hints) and "rerank-export engine /e" in str(info.value)
+    assert f"rerank-export engine /e --overwrite {' '.join(hints)}" in str(info.value), str(info.value)
+
+
+def test_select_profile_beyond_the_artifact_points_at_max_length() -> None:
+    manifest = make_manifest(ENCODER, max_sequence_length=160)
+    profiles = tb.plan_profiles(manifest, tb.EngineOptions())
+    with pytest.raises(UnsupportedRequestError, match=r"beyond the 160 .* /e .* pass max_length <= 144 or re-export"):
+        tbe.select_profile(profiles, 2, 384, "/e", manifest)
 
 
 def test_check_request() -> None:
@@ -273,7 +280,7 @@ def test_backend_checks_the_engine_file_before_importing_tensorrt(tmp_path: Path
     manifest["tensorrt"] = fake_record(tb.plan_profiles(manifest, tb.EngineOptions())).to_section()
     export = write_export(tmp_path / "exp", manifest)
     (export / "model.engine").write_bytes(b"x" * 5)
-    with pytest.raises(ArtifactError, match="expected the 11-byte engine .* found 5 bytes"):
+    with pytest.raises(ArtifactError, match=r"expected the 11-byte engine .* found 5 bytes"):
         tbe.TensorRTBackend(export, manifest)
 
 
@@ -309,7 +316,7 @@ def _fake_cudart(fail: str | None = None) -> SimpleNamespace:
 def test_cuda_errors_become_engine_errors_with_the_cuda_name() -> None:
     with pytest.raises(EngineError, match="cudaMalloc failed with cudaErrorMemoryAllocation: out of memory"):
         CudaRuntime(_fake_cudart("oom")).malloc(1024)  # type: ignore[arg-type]
-    with pytest.raises(EngineError, match="libcuda.so.1.*needs an NVIDIA GPU and driver"):
+    with pytest.raises(EngineError, match=r"libcuda\.so\.1.*needs an NVIDIA GPU and driver"):
         CudaRuntime(_fake_cudart("driver")).malloc(1024)  # type: ignore[arg-type]
     with pytest.raises(EngineError, match="CUDA device 3 requested but 1 device"):
         CudaRuntime(_fake_cudart()).device_info(3)  # type: ignore[arg-type]
@@ -343,9 +350,9 @@ def tiny_onnx(kind: str, precision: str, rng: np.random.Generator) -> Any:
              helper.make_node("Mul", ["h", "m3"], ["hm"])]
     pooled = "hm"
     if kind == LIGHTWEIGHT:
-        nodes += [helper.make_node("Unsqueeze", ["compress_index_2", "axl"], ["ci"]),
+        nodes += [helper.make_node("Unsqueeze", ["compress_index_0", "axl"], ["ci"]),
                   helper.make_node("GatherND", ["hm", "ci"], ["g"], batch_dims=1),
-                  helper.make_node("Cast", ["compress_weight_2"], ["cw"], to=low),
+                  helper.make_node("Cast", ["compress_weight_0"], ["cw"], to=low),
                   helper.make_node("Unsqueeze", ["cw", "axl"], ["cw4"]),
                   helper.make_node("Mul", ["g", "cw4"], ["gw"]),
                   helper.make_node("ReduceSum", ["gw", "ax2"], ["pooled"], keepdims=0)]
@@ -372,7 +379,7 @@ def tiny_feeds(manifest: dict[str, Any], batch: int, length: int, rng: np.random
     lengths = rng.integers(1, length + 1, size=batch)
     mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int64)
     feeds = {"input_ids": ids, "attention_mask": mask}
-    for k in manifest["compress_layers"]:
+    for k in range(len(manifest["compress_layers"])):
         compressed = (length + 1) // 2
         feeds[f"compress_index_{k}"] = rng.integers(0, length, size=(batch, compressed, 2), dtype=np.int64)
         feeds[f"compress_weight_{k}"] = rng.uniform(0, 1, size=(batch, compressed, 2)).astype(np.float32)
@@ -409,7 +416,7 @@ def test_tiny_fixture_graphs_compute_what_they_should(tmp_path: Path, kind: str,
     feeds = tiny_feeds(manifest, 3, 20, np.random.default_rng(1))
     h = emb["emb"].reshape(VOCAB, HIDDEN)[feeds["input_ids"]] * feeds["attention_mask"][..., None]
     if kind == LIGHTWEIGHT:
-        idx, w = feeds["compress_index_2"], feeds["compress_weight_2"]
+        idx, w = feeds["compress_index_0"], feeds["compress_weight_0"]
         h = (h[np.arange(3)[:, None, None], idx] * w[..., None]).sum(2)
     t = np.tanh(h.sum(1))
     got = ort_cpu(export, feeds)
@@ -472,5 +479,5 @@ def test_engine_from_another_tensorrt_is_refused(tmp_path: Path) -> None:
         tb.build_engine(export, tb.EngineOptions(max_batch_size=2), progress=lambda _: None)
     manifest = json.loads((export / "manifest.json").read_text())
     manifest["tensorrt"]["tensorrt_version"] = "9.0.0"
-    with pytest.raises(EngineError, match="built with TensorRT 9.0.0"):
+    with pytest.raises(EngineError, match=r"built with TensorRT 9\.0\.0"):
         tbe.TensorRTBackend(export, manifest)
