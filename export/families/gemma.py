@@ -58,7 +58,7 @@ FAMILY = FamilySpec(
     build_wrapper=build_wrapper,
     # mid keeps the real model's proportions: 2048 -> 256 hidden, 8x MLP, MQA, and a vocabulary sized so that
     # FlagEmbedding's full-vocabulary head is about a fifth of the compute, as in the real 2.5B model.
-    sizes={"tiny": _size(32, 64, 2, 4, 1, 8, 512), "mid": _size(256, 2048, 4, 8, 1, 32, 7168)},
+    sizes={"tiny": _size(32, 64, 2, 4, 1, 8, 512), "mid": _size(256, 2048, 3, 8, 1, 32, 5376)},
     init_std={"tiny": 0.2, "mid": 0.02},
     ignorable_keys=("lm_head.weight",),
 )

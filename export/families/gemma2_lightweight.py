@@ -75,7 +75,7 @@ FAMILY = FamilySpec(
     build_model=build_model,
     build_wrapper=build_wrapper,
     # real: 3584 hidden, 4x MLP, 42 layers, GQA 16/8 heads of 256, exits from layer 8
-    sizes={"tiny": _size(32, 64, 6, 4, 2, 8, 2), "mid": _size(256, 1024, 10, 4, 2, 64, 2)},
+    sizes={"tiny": _size(32, 64, 6, 4, 2, 8, 2), "mid": _size(256, 1024, 8, 4, 2, 64, 2)},
     init_std={"tiny": 0.2, "mid": 0.02},
     extra_inputs=extra_inputs,
     layers=_layers,

@@ -66,7 +66,7 @@ FAMILY = FamilySpec(
     build_model=build_model,
     build_wrapper=build_wrapper,
     # real: 2304 hidden, 2.5x MLP, 40 layers, heads from layer 8 (a fifth of the way in)
-    sizes={"tiny": _size(32, 80, 6, 4, 2), "mid": _size(256, 640, 10, 4, 2)},
+    sizes={"tiny": _size(32, 80, 6, 4, 2), "mid": _size(256, 640, 8, 4, 2)},
     init_std={"tiny": 0.2, "mid": 0.02},
     layers=_layers,
 )

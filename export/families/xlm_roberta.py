@@ -43,8 +43,8 @@ FAMILY = FamilySpec(
     tokenizer_style="xlm-roberta",
     build_model=build_model,
     build_wrapper=build_wrapper,
-    # real base: 768 hidden, 12 layers, 4x MLP; mid halves width and depth
-    sizes={"tiny": _size(32, 64, 2, 4), "mid": _size(384, 1536, 6, 6)},
+    # real base: 768 hidden, 12 layers, 4x MLP; mid keeps the 4x MLP at a third of the width and half the depth
+    sizes={"tiny": _size(32, 64, 2, 4), "mid": _size(256, 1024, 6, 4)},
     init_std={"tiny": 0.2, "mid": 0.02},
     ignorable_keys=("roberta.embeddings.position_ids", "roberta.pooler.dense.weight", "roberta.pooler.dense.bias"),
 )
