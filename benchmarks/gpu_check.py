@@ -8,6 +8,9 @@ fp32 export of the same model (the reference; pass it too, --make-tiny does), th
 and the native engine, checking every score against runtime/tolerances.py before timing anything. Then, for the
 native engine at batch 1-4, latency with and without CUDA graphs. Prints markdown tables.
 
+Set-up on the GPU machine: the `gpu` extra (onnxruntime-gpu instead of onnxruntime, tensorrt, cuda-python), plus
+`export` for --make-tiny; ONNX Runtime's TensorRT EP needs the TensorRT major it was linked against (gpu-apis.md 4.3).
+
 Exit status 1 on any failure (a backend that cannot run, a score beyond its tolerance or not finite, a missing fp32
 reference): only measured numbers are printed, and the failures go to stderr.
 """

@@ -214,6 +214,8 @@ class TensorRTBackend:
         batch, length = arrays["input_ids"].shape
         profile = select_profile(self.profiles, batch, length, self.export_dir, self.manifest)
         with self._lock:
+            if self._stream is None:
+                raise EngineError(f"this TensorRTBackend for {self.export_dir} was closed; create a new one")
             self._cuda.set_device(self.device_id)  # the current device is per thread
             outputs = self._execute(profile, arrays, batch)
         return [outputs[name] for name in request.output_names]
