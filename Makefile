@@ -34,4 +34,4 @@ bench: $(VENV)/.installed $(ORACLE)/.installed
 	RERANK_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python $(PY) benchmarks/bench_rerank.py
 
 clean:
-	rm -rf $(VENV) $(ORACLE) .cache exports demo-models
+	rm -rf $(VENV) $(ORACLE) .cache exports demo

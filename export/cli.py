@@ -44,7 +44,7 @@ def export_parser() -> argparse.ArgumentParser:
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-batch-size", type=int, default=32, help="TensorRT: largest batch the engine serves")
+    p.add_argument("--max-batch-size", type=int, default=128, help="TensorRT: largest batch the engine serves (default 128, FlagEmbedding's batch_size)")
 
 
 def engine_parser() -> argparse.ArgumentParser:
