@@ -104,17 +104,13 @@ class OnnxBackend:
                 f"(missing outputs {missing}); use one of the artifact's cutoff layers, or export another artifact "
                 f"with these cutoff_layers: rerank-export --model {m.source} --output <dir>"
             )
-        # a stage at layer l changes only the exits deeper than l (a cutoff state is taken before the stage at its
-        # own layer), so compare the baked stages that the requested exits depend on
-        deepest = max((layer for layer, _ in request.exits), default=None)
-        baked = tuple(c for c in m.compress_layers if deepest is None or c < deepest)
-        have = _effective(m.compress_ratio, baked)
+        # Exact, like the TensorRT backend: the graph needs the host to feed every baked stage's plan.
+        have = _effective(m.compress_ratio, m.compress_layers)
         want = _effective(request.compress_ratio, request.compress_layers)
         if have != want:
             raise UnsupportedRequestError(
                 f"the artifact in {self.export_dir} was exported with compress_ratio={m.compress_ratio}, "
-                f"compress_layers={list(m.compress_layers)} (for these exits: compress_ratio={have[0]}, "
-                f"compress_layers={list(have[1])}); the call needs compress_ratio={want[0]}, "
+                f"compress_layers={list(m.compress_layers)}; the call needs compress_ratio={want[0]}, "
                 f"compress_layers={list(want[1])}; token compression is baked into the graph: call with the "
                 f"artifact's settings, or export another artifact with these: rerank-export --model {m.source} "
                 "--output <dir>"

@@ -174,7 +174,9 @@ def test_check_compression_against_the_baked_stages(tmp_path: Path) -> None:
                               compress_layers=(3,))
     backend = cpu_backend(tmp_path, manifest)
     backend.check(GraphRequest(exits=((2, 0), (4, 1)), compress_ratio=2, compress_layers=(3,)))
-    backend.check(GraphRequest(exits=((2, 0),)))  # the stage at layer 3 does not touch the layer-2 exit
+    with pytest.raises(UnsupportedRequestError, match="compress_layers=\\[3\\]"):
+        # the graph still needs the layer-3 stage's plan fed, so the request must name it
+        backend.check(GraphRequest(exits=((2, 0),)))
     with pytest.raises(UnsupportedRequestError) as err:
         backend.check(GraphRequest(exits=((4, 1),)))
     assert "compress_ratio=2, compress_layers=[3]" in str(err.value) and "rerank-export" in str(err.value)
