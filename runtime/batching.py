@@ -13,6 +13,7 @@ path. Set chunk_size >= len(pairs) to batch exactly as FlagEmbedding does.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -64,17 +65,13 @@ def pad_rows(
     """input_ids and attention_mask, int64 [B, S], padded to the longest row (rounded up to `multiple`)."""
     if side not in ("left", "right"):
         raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
-    width = padded_length(max((len(r) for r in rows), default=0), multiple)
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    width = padded_length(int(lengths.max(initial=0)), multiple)
+    cols = np.arange(width)[None, :]
+    real = cols < lengths[:, None] if side == "right" else cols >= width - lengths[:, None]
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    for i, row in enumerate(rows):
-        n = len(row)
-        if n == 0:
-            continue
-        cols = slice(0, n) if side == "right" else slice(width - n, width)
-        ids[i, cols] = row
-        mask[i, cols] = 1
-    return ids, mask
+    ids[real] = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+    return ids, real.astype(np.int64)
 
 
 def chunk_bounds(n: int, chunk_size: int) -> Iterator[tuple[int, int]]:

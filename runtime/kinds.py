@@ -43,7 +43,9 @@ class Kind:
 KINDS: dict[str, Kind] = {
     ENCODER: Kind(ENCODER, "FlagReranker", None, None, None, "template", None, False, False, False),
     DECODER: Kind(DECODER, "FlagLLMReranker", "A: ", "B: ", DEFAULT_PROMPT, "unless_pad", 8, False, False, False),
-    LAYERWISE: Kind(LAYERWISE, "LayerWiseFlagLLMReranker", "A: ", "B: ", DEFAULT_PROMPT, "always", 8, False, True, False),
+    LAYERWISE: Kind(
+        LAYERWISE, "LayerWiseFlagLLMReranker", "A: ", "B: ", DEFAULT_PROMPT, "always", 8, False, True, False
+    ),
     LIGHTWEIGHT: Kind(
         LIGHTWEIGHT, "LightWeightFlagLLMReranker", "A: ", "B: ", LIGHTWEIGHT_PROMPT, "always", 8, True, True, True
     ),

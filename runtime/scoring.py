@@ -7,7 +7,7 @@ them is a graph problem, never a host problem.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -87,11 +87,7 @@ class Scorer:
         out = np.empty((len(names), len(pairs)), dtype=np.float32)
         encoder = PairEncoder(self.spec, self.kind, self.tokenizer, plan.layout)
         with _Runner(self.backend, plan.request, out) as runner:
-            for lo, hi in chunk_bounds(len(pairs), plan.chunk_size):
-                queries, passages = self.instructions.apply(
-                    [p[0] for p in pairs[lo:hi]], [p[1] for p in pairs[lo:hi]]
-                )
-                chunk = encoder.encode(queries, passages)
+            for lo, chunk in self._chunks(encoder, pairs, plan.chunk_size):
                 lengths = np.array([len(row) for row in chunk.ids], dtype=np.int64)
                 order = sort_order(chunk.keys)
                 for batch in plan_batches(
@@ -99,6 +95,24 @@ class Scorer:
                 ):
                     runner.submit(self._feeds(chunk, batch, plan.request), lo + batch)
         return out
+
+    def _encode(self, encoder: PairEncoder, pairs: Sequence[Pair]) -> EncodedChunk:
+        queries, passages = self.instructions.apply([p[0] for p in pairs], [p[1] for p in pairs])
+        return encoder.encode(queries, passages)
+
+    def _chunks(self, encoder: PairEncoder, pairs: Sequence[Pair], size: int) -> Iterator[tuple[int, EncodedChunk]]:
+        """(offset, encoded chunk) in input order; the next chunk is tokenised in the background meanwhile."""
+        bounds = list(chunk_bounds(len(pairs), size))
+        if len(bounds) <= 1:
+            yield from ((lo, self._encode(encoder, pairs[lo:hi])) for lo, hi in bounds)
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="rerank-tokenize") as pool:
+            ahead = pool.submit(self._encode, encoder, pairs[bounds[0][0] : bounds[0][1]])
+            for i, (lo, _) in enumerate(bounds):
+                chunk = ahead.result()
+                if i + 1 < len(bounds):
+                    ahead = pool.submit(self._encode, encoder, pairs[bounds[i + 1][0] : bounds[i + 1][1]])
+                yield lo, chunk
 
     def _feeds(self, chunk: EncodedChunk, batch: np.ndarray, request: GraphRequest) -> dict[str, np.ndarray]:
         rows = [chunk.ids[i] for i in batch]

@@ -296,7 +296,8 @@ def test_return_shapes_single_exit() -> None:
 
 def test_return_shapes_several_exits() -> None:
     r = make(LAYERWISE, cutoff_layers=[6, 2])
-    layout = [[0] + t("A: " + q) + NL + t("B: " + p) + NL + t(KINDS[LAYERWISE].default_prompt or "") for q, p in PAIRS[:3]]
+    prompt = t(KINDS[LAYERWISE].default_prompt or "")
+    layout = [[0] + t("A: " + q) + NL + t("B: " + p) + NL + prompt for q, p in PAIRS[:3]]
     base = [row_score([float(v) for v in ids]) for ids in layout]
     got = r.compute_score(PAIRS[:3])
     assert got == [[b + 2000 + 400 for b in base], [b + 6000 + 0 for b in base]]  # [6, 2]: layer 2 x head 4 ...
