@@ -1,0 +1,215 @@
+"""The benchmark harness's pure parts: FLOP counts, percentiles, the parity gate, and the --device cuda refusal.
+
+Nothing here times a model; benchmarks/bench_rerank.py is a script, not a test (see benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import bench_flops  # noqa: E402
+import bench_stats  # noqa: E402
+from bench_flops import Arch, pair_flops  # noqa: E402
+
+ENCODER, DECODER = "encoder-only-base", "decoder-only-base"
+LAYERWISE, LIGHTWEIGHT = "decoder-only-layerwise", "decoder-only-lightweight"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from rerank_export.families import REGISTRY
+
+    return {name: family.sizes["tiny"] for name, family in REGISTRY.items()}
+
+
+# --- FLOP counts against hand counts (10 real tokens, 2 FLOPs per multiply-add) --------------------------------------
+
+
+def test_encoder_flops_match_a_hand_count(tiny):
+    c = tiny["xlm_roberta"]
+    assert (c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]) == (32, 64, 2)
+    per_token = 4 * 32 * 32 + 2 * 32 * 64  # Q, K, V, O + MLP up/down = 8192 MACs
+    attention = 2 * 10 * 10 * 32  # Q.K^T and P.V, bidirectional, all heads together = 6400 MACs
+    head = 32 * 32 + 32  # classifier dense on <s>, out_proj
+    expected = 2 * (2 * (10 * per_token + attention) + head)
+    assert expected == 355392
+    assert pair_flops(Arch.from_config(c, ENCODER), 10) == expected
+
+
+def test_gemma_flops_count_gqa_causal_attention_and_only_the_yes_row(tiny):
+    c = tiny["gemma"]
+    assert (c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]) == (4, 1, 8)
+    per_token = 32 * 32 + 32 * 32 + 32 * 8 + 32 * 8 + 3 * 32 * 64  # q, o, k, v (one KV head), gated MLP = 8704
+    attention = 2 * 4 * 8 * (10 * 11 // 2)  # lower triangle only: 55 (query, key) pairs
+    expected = 2 * (2 * (10 * per_token + attention) + 32)  # + the 'Yes' row dot product, not 512 vocab rows
+    assert expected == 362304
+    assert pair_flops(Arch.from_config(c, DECODER), 10) == expected
+
+
+def test_layerwise_flops_stop_at_the_deepest_cutoff_and_count_each_exit(tiny):
+    c = tiny["minicpm_layerwise"]
+    per_layer = 2 * (10 * (4 * 32 * 32 + 3 * 32 * 80) + 2 * 32 * 55)
+    assert pair_flops(Arch.from_config(c, LAYERWISE), 10) == 6 * per_layer + 2 * 32  # default: every layer
+    two_exits = Arch.from_config(c, LAYERWISE, exits=((3, 1), (5, 3)))
+    assert two_exits.layers_run == 5 and two_exits.exits == 2
+    assert pair_flops(two_exits, 10) == 5 * per_layer + 2 * (2 * 32) == 1212928
+
+
+def test_lightweight_flops_shrink_the_passage_after_a_compression_stage(tiny):
+    c = tiny["gemma2_lightweight"]
+    arch = Arch.from_config(c, LIGHTWEIGHT, exits=((4, 0),), compress_ratio=2, compress_layers=(2,))
+    per_token = 2 * 32 * 32 + 2 * 32 * 16 + 3 * 32 * 64  # 4 query heads, 2 KV heads of 8 = 9216 MACs
+    # 10 tokens = 3 query + 5 passage + 2 prompt; from layer 2 on the passage is ceil(5 / 2) = 3 tokens: 8 in all
+    before = 2 * (10 * per_token + 2 * 32 * 55)
+    after = 2 * (8 * per_token + 2 * 32 * 36)
+    assert pair_flops(arch, 10, query_length=3, prompt_length=2) == 2 * before + 2 * after + 64 == 686912
+    assert bench_flops.compressed_length(10, 3, 2, 2) == 8
+    uncompressed = Arch.from_config(c, LIGHTWEIGHT, exits=((4, 0),))
+    assert pair_flops(uncompressed, 10, 3, 2) == 4 * before + 64
+
+
+def test_sliding_window_limits_the_even_layers_only():
+    arch = Arch(encoder=False, hidden=8, intermediate=8, layers_run=2, heads=1, kv_heads=1, head_dim=8,
+                sliding_window=4)
+    assert arch.attended(0, 10) == 4 * 5 // 2 + 6 * 4  # 10 keys in the first window, then 4 per query
+    assert arch.attended(1, 10) == 55
+    assert arch.attended(0, 3) == 6
+
+
+def test_total_flops_adds_pairs_and_rejects_impossible_spans(tiny):
+    arch = Arch.from_config(tiny["xlm_roberta"], ENCODER)
+    assert bench_flops.total_flops(arch, [10, 10, 4]) == 2 * pair_flops(arch, 10) + pair_flops(arch, 4)
+    with pytest.raises(ValueError, match="exceed the sequence"):
+        bench_flops.compressed_length(4, 3, 2, 2)
+
+
+# --- percentiles -------------------------------------------------------------------------------------------------
+
+
+def test_percentiles_interpolate_between_closest_ranks():
+    samples = [float(v) for v in range(10, 0, -1)]  # unordered on purpose
+    assert bench_stats.percentile(samples, 50) == pytest.approx(5.5)
+    assert bench_stats.percentile(samples, 90) == pytest.approx(9.1)
+    assert bench_stats.percentile(samples, 99) == pytest.approx(9.91)
+    assert bench_stats.percentile(samples, 0) == 1.0 and bench_stats.percentile(samples, 100) == 10.0
+    rng = np.random.default_rng(3)
+    values = list(rng.lognormal(size=37))
+    for q in (50, 90, 99):
+        assert bench_stats.percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+    summary = bench_stats.latency_summary([0.2])
+    assert summary["p50"] == summary["p99"] == 0.2 and summary["calls"] == 1
+
+
+def test_percentile_rejects_no_samples_and_bad_q():
+    with pytest.raises(ValueError, match="no samples"):
+        bench_stats.percentile([], 50)
+    with pytest.raises(ValueError, match="0..100"):
+        bench_stats.percentile([1.0], 101)
+
+
+def test_spearman_averages_tied_ranks():
+    assert bench_stats.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert bench_stats.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert list(bench_stats.ranks(np.array([5.0, 1.0, 5.0, 3.0]))) == [2.5, 0.0, 2.5, 1.0]
+    assert bench_stats.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486832980505138)
+
+
+# --- the parity gate ---------------------------------------------------------------------------------------------
+
+
+def test_gate_rejects_scores_beyond_the_fp32_tolerance():
+    from bench_run import gate_for
+
+    ref = np.linspace(-3, 3, 50)
+    fp32 = gate_for("fp32", "cpu")
+    assert bench_stats.parity_gate(ref + 5e-7, ref, fp32).passed
+    bad = bench_stats.parity_gate(ref + np.where(np.arange(50) == 7, 1e-3, 0.0), ref, fp32)
+    assert not bad.passed and bad.max_abs_diff == pytest.approx(1e-3) and "max abs diff" in bad.message
+
+
+def test_gate_judges_int8_by_ranking_only():
+    from bench_run import gate_for
+
+    ref = np.linspace(-3, 3, 50)
+    int8 = gate_for("int8", "cpu")
+    assert bench_stats.parity_gate(ref * 1.1 + 0.3, ref, int8).passed  # far off, same order
+    shuffled = bench_stats.parity_gate(np.random.default_rng(0).permutation(ref), ref, int8)
+    assert not shuffled.passed and "Spearman" in shuffled.message
+
+
+def test_gate_rejects_missing_and_non_finite_scores():
+    gate = bench_stats.Gate(1e-5, 1e-5, 0.9999)
+    assert "2 scores for 3 pairs" in bench_stats.parity_gate([1.0, 2.0], [1.0, 2.0, 3.0], gate).message
+    assert "not finite" in bench_stats.parity_gate([1.0, np.nan, 3.0], [1.0, 2.0, 3.0], gate).message
+
+
+class _Scores:
+    """A reranker stand-in that returns fixed scores, as compute_score_array does."""
+
+    def __init__(self, scores: np.ndarray):
+        self.scores = scores
+        self.max_batch_tokens = None
+
+    def compute_score_array(self, pairs, **call):
+        return self.scores[: len(pairs)]
+
+
+def test_a_contender_whose_scores_differ_is_recorded_and_never_timed():
+    from bench_contenders import InProcess
+    from bench_run import KindRun, Plan
+
+    ref_scores = np.linspace(-1, 1, 20)
+    pairs = [["q", f"p{i}"] for i in range(20)]
+    reference = InProcess("reference", "fp32", _Scores(ref_scores), {})
+    good = InProcess("ort-fp32", "fp32", _Scores(ref_scores + 1e-7), {})
+    wrong = InProcess("wrong", "fp32", _Scores(ref_scores + 0.01), {})
+    for c in (reference, good, wrong):
+        c.add_pairs("gate", pairs)
+    records = []
+    plan = Plan(rounds=1, latency_calls=1, sweep_batches=(1,), sweep_lengths=(8,), sweep_repeats=1, gate_size=20)
+    run = KindRun("k", {"ort-fp32": good, "wrong": wrong}, reference, {}, plan, arch=None, stats={}, probe={},
+                  provider="cpu", emit=records.append)
+    run.gate()
+    by_name = {r["contender"]: r for r in records}
+    assert by_name["ort-fp32"]["status"] == "ok"
+    assert by_name["wrong"]["status"] == "parity-failed"
+    assert by_name["wrong"]["gate"]["max_abs_diff"] == pytest.approx(0.01)
+    assert list(run.contenders) == ["ort-fp32"]  # the failed one is closed and out of every timed workload
+    assert wrong.reranker is None
+
+
+# --- --device cuda on a machine without a GPU ----------------------------------------------------------------------
+
+
+def _has_cuda_ep() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+@pytest.mark.skipif(_has_cuda_ep(), reason="this machine has ONNX Runtime's CUDA provider: nothing to refuse")
+def test_device_cuda_refuses_cleanly_without_a_gpu(capsys, tmp_path):
+    import bench_rerank
+
+    assert bench_rerank.main(["--device", "cuda", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda refused" in err and "CUDAExecutionProvider" in err
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_arguments_are_checked_before_the_device(capsys, tmp_path):
+    import bench_rerank
+
+    assert bench_rerank.main(["--device", "cuda", "--contenders", "ort-fp32", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown ['ort-fp32']" in capsys.readouterr().err
+    assert bench_rerank.main(["--kinds", "bert", "--out", str(tmp_path / "x")]) == 2
+    assert "known: xlm-roberta, gemma" in capsys.readouterr().err
+    assert bench_rerank.main(["--sweep-batches", "0,8", "--out", str(tmp_path / "x")]) == 2
+    assert "positive integers" in capsys.readouterr().err
