@@ -1,0 +1,161 @@
+"""Turn a run's JSON lines into a markdown table and a PNG chart."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ORDER = ("flagembedding", "flagembedding-fp16", "reference", "st-onnx", "ort-fp32", "ort-int8", "ort-cuda-fp32",
+         "ort-cuda-fp16", "ort-tensorrt-fp16", "trt-engine-fp16")
+BASELINES = ("flagembedding", "flagembedding-fp16")
+
+
+def _by(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [r for r in records if r["type"] == kind]
+
+
+def _order(name: str) -> int:
+    return ORDER.index(name) if name in ORDER else len(ORDER)
+
+
+def best_probe(records: list[dict[str, Any]]) -> dict[str, float]:
+    probes = _by(records, "gemm-probe")
+    return {"fp32_gflops": max((p["fp32_gflops"] for p in probes), default=float("nan")),
+            "int8_gops": max((p["int8_gops"] for p in probes), default=float("nan"))}
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    return "" if value is None or not base else f"{value / base:.2f}x"
+
+
+def _parity(contender: dict[str, Any] | None, full: dict[str, Any] | None) -> str:
+    source = full or (contender or {}).get("gate")
+    if not source:
+        return ""
+    diff = source["max_abs_diff"]
+    return f"{diff:.1e} / {source['spearman']:.4f}"
+
+
+def main_table(records: list[dict[str, Any]]) -> list[str]:
+    probe = best_probe(records)
+    thr = {(r["kind"], r["contender"]): r for r in _by(records, "throughput")}
+    lat = {(r["kind"], r["contender"]): r for r in _by(records, "latency")}
+    ok = {(r["kind"], r["contender"]): r for r in _by(records, "contender") if r["status"] == "ok"}
+    lines = ["| kind | contender | max abs diff / Spearman vs reference | pairs/s | vs FlagEmbedding | "
+             "latency p50 / p90 / p99 (ms) | p50 vs FlagEmbedding | useful GFLOP/s | % of matmul rate | "
+             "tokens fed / real |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    kinds = list(dict.fromkeys(r["kind"] for r in _by(records, "kind")))
+    for kind in kinds:
+        names = sorted({n for k, n in list(thr) + list(lat) if k == kind}, key=_order)
+        base_t = next((thr[(kind, b)]["pairs_per_s"] for b in BASELINES if (kind, b) in thr), None)
+        base_l = next((lat[(kind, b)]["p50"] for b in BASELINES if (kind, b) in lat), None)
+        for name in names:
+            t, lt = thr.get((kind, name)), lat.get((kind, name))
+            pps = f"{t['pairs_per_s']:.1f}" if t else ""
+            gflops = f"{t['useful_gflops']:.1f}" if t else ""
+            eff = f"{100 * t['useful_gflops'] / probe['fp32_gflops']:.0f}%" if t else ""
+            fed = f"{t['fed_tokens'] / t['real_tokens']:.2f}" if t and t.get("fed_tokens") else ""
+            latency = f"{1e3 * lt['p50']:.0f} / {1e3 * lt['p90']:.0f} / {1e3 * lt['p99']:.0f}" if lt else ""
+            speedup = "" if not lt or not base_l else f"{base_l / lt['p50']:.2f}x"
+            lines.append(f"| {kind} | {name} | {_parity(ok.get((kind, name)), (t or {}).get('parity_full_set'))} | "
+                         f"{pps} | {_ratio(t['pairs_per_s'] if t else None, base_t)} | {latency} | {speedup} | "
+                         f"{gflops} | {eff} | {fed} |")
+    return lines
+
+
+def problems(records: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for r in _by(records, "export"):
+        if "error" in r:
+            lines.append(f"- {r['kind']}: {r['precision']} export failed: {r['error']['type']}: "
+                         f"{r['error']['message']}")
+    for r in _by(records, "contender"):
+        if r["status"] != "ok":
+            lines.append(f"- {r['kind']} / {r['contender']}: {r['status']}: {r['message']}")
+    for r in _by(records, "sweep-skipped"):
+        lines.append(f"- {r['kind']} / {r['contender']}: not in the sweep: {r['message']}")
+    return lines or ["- none"]
+
+
+def sweep_table(records: list[dict[str, Any]]) -> list[str]:
+    rows = _by(records, "sweep")
+    if not rows:
+        return ["(no sweep in this run)"]
+    cells = sorted({(r["batch"], r["max_length"]) for r in rows})
+    header = " | ".join(f"b{b} x L{length}" for b, length in cells)
+    lines = [f"| kind | contender | {header} |", "|---|---|" + "---:|" * len(cells)]
+    table: dict[tuple[str, str], dict[tuple[int, int], float]] = defaultdict(dict)
+    for r in rows:
+        table[(r["kind"], r["contender"])][(r["batch"], r["max_length"])] = r["pairs_per_s"]
+    for (kind, name), values in sorted(table.items(), key=lambda kv: (kv[0][0], _order(kv[0][1]))):
+        lines.append(f"| {kind} | {name} | " + " | ".join(f"{values[c]:.1f}" if c in values else "" for c in cells)
+                     + " |")
+    return lines
+
+
+def header(records: list[dict[str, Any]]) -> list[str]:
+    env = _by(records, "environment")[0]
+    probes = _by(records, "gemm-probe")
+    done = _by(records, "done")
+    s = env["settings"]
+    v = env["versions"]
+    rates = ", ".join(f"{p['when']}: {p['fp32_gflops']:.0f} GFLOP/s fp32, {p['int8_gops']:.0f} GOP/s int8"
+                      for p in probes)
+    lines = [
+        f"Run {records[0]['run']} on {env['cpu']} ({env['physical_cores']} cores, {env['threads']} threads per "
+        f"contender), commit {env['commit'][:10]}{' (dirty)' if env['dirty'] else ''}; onnxruntime "
+        f"{v.get('onnxruntime', '?')}, torch {v.get('torch', '?')}, numpy {v.get('numpy', '?')}.",
+        f"Workloads: throughput {s['pairs']} pairs (median of {s['rounds']} round(s)); latency: one query x "
+        f"{s['latency_passages']} passages, {s['latency_calls']} calls; sweep {list(s['sweep_batches'])} x "
+        f"{list(s['sweep_lengths'])}, {s['sweep_repeats']} repeat(s). Runtime/reference token budget: "
+        f"{s['max_batch_tokens'] or 'none (FlagEmbedding batching)'}; batch_size 128 everywhere it applies.",
+        f"Matmul rate (GEMM probe): {rates}. Load average at start {env['load_average'][0]:.1f}"
+        + (f", at end {done[0]['load_average'][0]:.1f}; run took {done[0]['seconds'] / 60:.1f} min." if done else "."),
+    ]
+    return lines
+
+
+def write_report(records: list[dict[str, Any]], stem: Path) -> tuple[Path, Path]:
+    md = stem.with_name(stem.name + ".md")
+    text = ["# Benchmark results", "", *header(records), "", *main_table(records), "",
+            "Failed, refused or skipped:", "", *problems(records), "", "Sweep (pairs/s; b = batch size, "
+            "L = max_length):", "", *sweep_table(records), ""]
+    md.write_text("\n".join(text))
+    png = stem.with_name(stem.name + ".png")
+    chart(records, png)
+    return md, png
+
+
+def chart(records: list[dict[str, Any]], path: Path) -> None:
+    from rerank_runtime._deps import require
+
+    matplotlib = require("matplotlib")
+    matplotlib.use("Agg")
+    plt = require("matplotlib.pyplot")
+    thr, lat = _by(records, "throughput"), _by(records, "latency")
+    kinds = list(dict.fromkeys(r["kind"] for r in _by(records, "kind")))
+    names = sorted({r["contender"] for r in thr + lat}, key=_order)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+    width = 0.8 / max(1, len(names))
+    for ax, rows, key, scale, title in ((axes[0], thr, "pairs_per_s", 1.0, "Throughput (pairs/s, higher is better)"),
+                                        (axes[1], lat, "p50", 1e3, "Latency p50 for 100 passages (ms, lower is better)")):
+        values = {(r["kind"], r["contender"]): r[key] * scale for r in rows}
+        for i, name in enumerate(names):
+            xs = [k + (i - (len(names) - 1) / 2) * width for k in range(len(kinds))]
+            ys = [values.get((kind, name), 0.0) for kind in kinds]
+            bars = ax.bar(xs, ys, width, label=name)
+            for bar, y in zip(bars, ys):
+                if y:
+                    ax.annotate(f"{y:.0f}" if y >= 10 else f"{y:.1f}", (bar.get_x() + bar.get_width() / 2, y),
+                                ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(kinds)), kinds)
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    env = _by(records, "environment")[0]
+    fig.suptitle(f"mid checkpoints, {env['cpu']}, {env['threads']} threads, {env['time_utc'][:10]}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
