@@ -102,3 +102,35 @@ def apply_plan(h: np.ndarray, index: np.ndarray, weight: np.ndarray) -> np.ndarr
 def plan_mask(weight: np.ndarray) -> np.ndarray:
     """The attention mask a stage implies: 1 where the weights sum to > 0."""
     return (weight.sum(axis=-1) > 0).astype(np.int64)
+
+
+def served_stages(baked_ratio: int, baked_layers: tuple[int, ...], exits: tuple[tuple[int, int], ...]
+                  ) -> tuple[int, tuple[int, ...]]:
+    """The (ratio, stages) a call for `exits` must ask for on a graph with these baked stages.
+
+    A stage before layer c only changes exits deeper than c (an exit at c is captured before it), so a call whose
+    deepest exit is d needs exactly the baked stages below d; the graph's later stages get pass-through plans.
+    """
+    deepest = max((layer for layer, _ in exits), default=None)
+    stages = tuple(c for c in baked_layers if deepest is None or c < deepest)
+    return (baked_ratio, stages) if baked_ratio > 1 and stages else (1, ())
+
+
+def pass_through_stages(feeds: dict[str, np.ndarray], planned: int, stages: int, ratio: int) -> dict[str, np.ndarray]:
+    """Feeds with plans for the graph's stages `planned`..`stages`-1, which the call did not plan: keep every token.
+
+    The call plans exactly the stages below its deepest exit (served_stages); the later ones lie past it, so their
+    output is never read. A missing plan below `planned` is left missing, for the backend to refuse.
+    """
+    out = dict(feeds)
+    for k in range(planned, stages):
+        if k > 0 and f"compress_weight_{k - 1}" not in out:
+            break
+        prev = out["attention_mask"] if k == 0 else out[f"compress_weight_{k - 1}"].sum(axis=-1)
+        b, s = prev.shape
+        index = np.zeros((b, s, ratio), dtype=np.int64)
+        index[..., 0] = np.arange(s)
+        weight = np.zeros((b, s, ratio), dtype=np.float32)
+        weight[..., 0] = prev != 0
+        out[f"compress_index_{k}"], out[f"compress_weight_{k}"] = index, weight
+    return out

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ._deps import require
+from .compression import pass_through_stages, served_stages
 from .errors import ArtifactError, ManifestMismatchError, ProviderUnavailableError, UnsupportedRequestError
 from .manifest import Manifest
 from .providers import Placement
@@ -108,8 +109,7 @@ class OnnxBackend:
                 f"(missing outputs {missing}); use one of the artifact's cutoff layers, or export another artifact "
                 f"with these cutoff_layers: rerank-export --model {m.source} --output <dir>"
             )
-        # Exact, like the TensorRT backend: the graph needs the host to feed every baked stage's plan.
-        have = _effective(m.compress_ratio, m.compress_layers)
+        have = _effective(*served_stages(m.compress_ratio, m.compress_layers, request.exits))
         want = _effective(request.compress_ratio, request.compress_layers)
         if have != want:
             raise UnsupportedRequestError(
@@ -122,7 +122,7 @@ class OnnxBackend:
 
     def run(self, request: GraphRequest, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         self.check(request)
-        inputs = self._inputs(feeds)
+        inputs = self._inputs(feeds, len(request.compress_layers))
         names = list(request.output_names)
         with self._lock:
             index = self._turn % len(self._sessions)
@@ -139,8 +139,11 @@ class OnnxBackend:
         """session.get_providers() of each session, for diagnostics."""
         return [list(s.get_providers()) for s in self._sessions]
 
-    def _inputs(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _inputs(self, feeds: dict[str, np.ndarray], planned: int = 0) -> dict[str, np.ndarray]:
         graph_inputs = self.manifest.graph.inputs
+        m = self.manifest
+        if m.compress_ratio > 1 and len(m.compress_layers) > planned:
+            feeds = pass_through_stages(feeds, planned, len(m.compress_layers), m.compress_ratio)
         absent = [t.name for t in graph_inputs if t.name not in feeds]
         if absent:
             raise UnsupportedRequestError(

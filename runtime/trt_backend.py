@@ -21,6 +21,7 @@ import numpy as np
 
 from ._deps import require
 from .cudart import CudaRuntime, DeviceBuffer, PinnedBuffer
+from .compression import pass_through_stages, served_stages
 from .errors import ArtifactError, EngineError, ManifestMismatchError, UnsupportedRequestError
 from .spec import GraphRequest
 
@@ -126,7 +127,7 @@ def check_request(manifest: Mapping[str, Any], request: GraphRequest) -> None:
         raise UnsupportedRequestError(f"the artifact has no output {missing}; it serves {heads or repr(outputs)}. "
                                       "Export another artifact with the cutoff layers you need")
     ratio, layers = int(manifest.get("compress_ratio", 1)), tuple(manifest.get("compress_layers", ()))
-    if (request.compress_ratio, tuple(request.compress_layers)) != (ratio, layers):
+    if (request.compress_ratio, tuple(request.compress_layers)) != served_stages(ratio, layers, request.exits):
         raise UnsupportedRequestError(
             f"requested compress_ratio={request.compress_ratio}, compress_layers={list(request.compress_layers)} but "
             f"the artifact was exported with compress_ratio={ratio}, compress_layers={list(layers)}; pass those, "
@@ -207,6 +208,9 @@ class TensorRTBackend:
         check_request(self.manifest, request)
 
     def run(self, request: GraphRequest, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        stages, planned = len(self.manifest.get("compress_layers", ())), len(request.compress_layers)
+        if stages > planned:
+            feeds = pass_through_stages(feeds, planned, stages, int(self.manifest["compress_ratio"]))
         missing = [n for n in self._inputs if n not in feeds]
         if missing:
             raise UnsupportedRequestError(f"feeds lack {missing}; the engine takes {self._inputs}")

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rerank_runtime.compression import pass_through_stages
 import onnx
 import onnxruntime as ort
 import pytest
@@ -174,9 +176,11 @@ def test_check_compression_against_the_baked_stages(tmp_path: Path) -> None:
                               compress_layers=(3,))
     backend = cpu_backend(tmp_path, manifest)
     backend.check(GraphRequest(exits=((2, 0), (4, 1)), compress_ratio=2, compress_layers=(3,)))
-    with pytest.raises(UnsupportedRequestError, match="compress_layers=\\[3\\]"):
-        # the graph still needs the layer-3 stage's plan fed, so the request must name it
-        backend.check(GraphRequest(exits=((2, 0),)))
+    backend.check(GraphRequest(exits=((2, 0),)))  # the stage at layer 3 does not touch the layer-2 exit
+    only_first = backend.run(GraphRequest(exits=((2, 0),)), batch(ROWS))  # its plan is filled with a pass-through
+    filled = pass_through_stages(batch(ROWS), 0, 1, 2)
+    assert filled["compress_weight_0"].sum() == sum(map(len, ROWS))  # one weight per real token, nothing merged
+    np.testing.assert_allclose(only_first[0], expected(filled, 1.0), atol=1e-5)
     with pytest.raises(UnsupportedRequestError) as err:
         backend.check(GraphRequest(exits=((4, 1),)))
     assert "compress_ratio=2, compress_layers=[3]" in str(err.value) and "rerank-export" in str(err.value)
