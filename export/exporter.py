@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rerank_runtime.errors import ExportError
+from rerank_runtime.errors import ExportError, ParityError
 from rerank_runtime.kinds import DEFAULT_COMPRESS_LAYERS, build_request, get_kind
 from rerank_runtime.manifest import GraphInfo, Manifest, TensorSpec
 from rerank_runtime.spec import LAYERWISE, LIGHTWEIGHT, MODEL_CLASSES, GraphRequest, ModelSpec
@@ -96,10 +96,24 @@ def _request(opts: ExportOptions, family: FamilySpec, spec: ModelSpec) -> tuple[
             ratio = opts.compress_ratio if opts.compress_ratio is not None else 1
             layers = list(opts.compress_layers) if opts.compress_layers is not None else list(DEFAULT_COMPRESS_LAYERS)
             request = build_request(kind, spec, cutoff_layers=cutoff, compress_ratio=ratio, compress_layers=layers)
+            _refuse_idle_compression(opts, ratio, layers, request)
             return request, {"cutoff_layers": cutoff, "compress_ratio": ratio, "compress_layers": layers}
     except (TypeError, ValueError) as exc:
         raise ExportError(str(exc)) from None
     return GraphRequest(), {}
+
+
+def _refuse_idle_compression(opts: ExportOptions, ratio: int, layers: list[int], request: GraphRequest) -> None:
+    """Compression flags that would bake nothing (FlagEmbedding skips such stages at call time; an export should say)."""
+    if opts.compress_layers is not None and ratio == 1:
+        raise ExportError(f"--compress-layers {layers} has no effect at compress ratio 1 (no compression); "
+                          "add --compress-ratio 2 or more, or drop --compress-layers")
+    idle = sorted(set(layers) - set(request.compress_layers)) if ratio > 1 else []
+    if idle:
+        deepest = max(layer for layer, _ in request.exits)
+        raise ExportError(f"compress layers {idle} would never run: a stage runs before layer c only when "
+                          f"0 < c < {deepest} (the deepest exit); pass --compress-layers within 1..{deepest - 1}"
+                          + (" (the default is [8])" if opts.compress_layers is None else ""))
 
 
 def max_sequence_length(plan: ExportPlan, tokenizer: Any) -> int:
@@ -151,7 +165,7 @@ def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
         if opts.precision == "int8":
             from .quantize import quantize_int8
 
-            external = quantize_int8(onnx_path)
+            external = quantize_int8(onnx_path, external)
     shutil.copyfile(tokenizer_file(plan.checkpoint), work / "tokenizer.json")
     tokenizer = Tokenizer.from_file(str(work / "tokenizer.json"))
     manifest = Manifest(
@@ -166,8 +180,15 @@ def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
         from .verify import verify
 
         with report.phase("verify"):
-            result = verify(work, plan.checkpoint, plan.family.model_class, opts.precision, opts.max_length,
-                            _verify_call(plan))
+            try:
+                result = verify(work, plan.checkpoint, plan.family.model_class, opts.precision, opts.max_length,
+                                _verify_call(plan))
+            except ParityError as exc:  # name the output, not the temporary directory that is about to go
+                raise ParityError(
+                    f"nothing was written to {plan.output}: " + str(exc).replace(str(work), "the export")
+                    + "; export another precision, or pass --no-verify to write it unverified",
+                    diffs=exc.diffs, tolerance=exc.tolerance,
+                ) from None
         report.say(f"verified on {result['pairs']} probe pairs x {result['outputs']} outputs: max abs diff "
                    f"{result['max_abs_diff']:.2e}, Spearman {result['spearman']:.4f} ({result['method']})")
         Manifest.from_dict({**manifest.to_dict(), "verification": result}, where="verification").write(work)
