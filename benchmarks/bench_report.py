@@ -74,6 +74,8 @@ def problems(records: list[dict[str, Any]]) -> list[str]:
     for r in _by(records, "contender"):
         if r["status"] != "ok":
             lines.append(f"- {r['kind']} / {r['contender']}: {r['status']}: {r['message']}")
+    for r in _by(records, "kind-failed"):
+        lines.append(f"- {r['kind']}: the whole kind failed: {r['error']['type']}: {r['error']['message']}")
     for r in _by(records, "sweep-skipped"):
         lines.append(f"- {r['kind']} / {r['contender']}: not in the sweep: {r['message']}")
     return lines or ["- none"]
@@ -117,15 +119,54 @@ def header(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def profiles(records: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for r in _by(records, "profile"):
+        top = ", ".join(f"{op} {100 * v['share']:.0f}%" for op, v in list(r["ops"].items())[:6])
+        lines.append(f"- {r['kind']} / {r['contender']}, batch {r['batch'][0]} x {r['batch'][1]}: "
+                     f"{r['ms_per_run']:.0f} ms; matmuls {100 * r['matmul_share']:.0f}% of kernel time; {top}")
+    return lines or ["- (not profiled in this run)"]
+
+
 def write_report(records: list[dict[str, Any]], stem: Path) -> tuple[Path, Path]:
     md = stem.with_name(stem.name + ".md")
     text = ["# Benchmark results", "", *header(records), "", *main_table(records), "",
-            "Failed, refused or skipped:", "", *problems(records), "", "Sweep (pairs/s; b = batch size, "
+            "Failed, refused or skipped:", "", *problems(records), "",
+            "Where ONNX Runtime's time goes (op profile of the runtime's longest throughput batch):", "",
+            *profiles(records), "", "Sweep (pairs/s; b = batch size, "
             "L = max_length):", "", *sweep_table(records), ""]
     md.write_text("\n".join(text))
     png = stem.with_name(stem.name + ".png")
     chart(records, png)
     return md, png
+
+
+def _panel(ax: Any, rows: list[dict[str, Any]], kinds: list[str], names: list[str], key: str, faster: str,
+           unit: str, scale: float) -> bool:
+    """Bars of each contender's speed-up over FlagEmbedding per kind, annotated with the absolute value.
+
+    Returns False (and plots absolute values) when no FlagEmbedding row exists to divide by."""
+    values = {(r["kind"], r["contender"]): r[key] for r in rows}
+    base = {k: next((values[(k, b)] for b in BASELINES if (k, b) in values), None) for k in kinds}
+    relative = any(base.values())
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        xs, ys, labels = [], [], []
+        for k, kind in enumerate(kinds):
+            value = values.get((kind, name))
+            if value is None or (relative and not base[kind]):
+                continue
+            ratio = (value / base[kind] if faster == "higher" else base[kind] / value) if relative else value * scale
+            xs.append(k + (i - (len(names) - 1) / 2) * width)
+            ys.append(ratio)
+            labels.append(f"{value * scale:.0f}" if value * scale >= 10 else f"{value * scale:.1f}")
+        bars = ax.bar(xs, ys, width, label=name)
+        for bar, y, label in zip(bars, ys, labels):
+            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, y), ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(range(len(kinds)), kinds)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_ylabel("speed-up over FlagEmbedding (x)" if relative else unit)
+    return relative
 
 
 def chart(records: list[dict[str, Any]], path: Path) -> None:
@@ -137,25 +178,18 @@ def chart(records: list[dict[str, Any]], path: Path) -> None:
     thr, lat = _by(records, "throughput"), _by(records, "latency")
     kinds = list(dict.fromkeys(r["kind"] for r in _by(records, "kind")))
     names = sorted({r["contender"] for r in thr + lat}, key=_order)
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
-    width = 0.8 / max(1, len(names))
-    for ax, rows, key, scale, title in ((axes[0], thr, "pairs_per_s", 1.0, "Throughput (pairs/s, higher is better)"),
-                                        (axes[1], lat, "p50", 1e3, "Latency p50 for 100 passages (ms, lower is better)")):
-        values = {(r["kind"], r["contender"]): r[key] * scale for r in rows}
-        for i, name in enumerate(names):
-            xs = [k + (i - (len(names) - 1) / 2) * width for k in range(len(kinds))]
-            ys = [values.get((kind, name), 0.0) for kind in kinds]
-            bars = ax.bar(xs, ys, width, label=name)
-            for bar, y in zip(bars, ys):
-                if y:
-                    ax.annotate(f"{y:.0f}" if y >= 10 else f"{y:.1f}", (bar.get_x() + bar.get_width() / 2, y),
-                                ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(range(len(kinds)), kinds)
-        ax.set_title(title)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
     env = _by(records, "environment")[0]
-    fig.suptitle(f"mid checkpoints, {env['cpu']}, {env['threads']} threads, {env['time_utc'][:10]}")
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5.5))
+    if _panel(axes[0], thr, kinds, names, "pairs_per_s", "higher", "pairs/s", 1.0):
+        for target, label in ((1.5, "fp32 target 1.5x"), (3.0, "int8 target 3x")):
+            axes[0].axhline(target, color="grey", linestyle="--", linewidth=0.8)
+            axes[0].annotate(label, (-0.45, target), ha="left", va="bottom", fontsize=7, color="dimgrey", zorder=5)
+    axes[0].set_title(f"Throughput, {env['settings']['pairs']} pairs (labels: pairs/s)")
+    _panel(axes[1], lat, kinds, names, "p50", "lower", "ms", 1e3)
+    axes[1].set_title(f"Latency p50, one query x {env['settings']['latency_passages']} passages (labels: ms)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"mid checkpoints on {env['cpu']}, {env['threads']} threads, {env['time_utc'][:10]} "
+                 f"(load average at start {env['load_average'][0]:.1f})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

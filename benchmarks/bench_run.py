@@ -3,6 +3,7 @@ contenders alternated (rotated each round) so that machine drift and other load 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ class KindRun:
         self.plan, self.arch, self.stats, self.probe, self.provider, self.emit = plan, arch, stats, probe, provider, emit
 
     def record(self, kind: str, **fields: Any) -> None:
-        self.emit({"type": kind, "kind": self.kind, **fields})
+        self.emit({"type": kind, "kind": self.kind, **fields, "load_average": os.getloadavg()[0]})
 
     def drop(self, name: str, status: str, message: str, **fields: Any) -> None:
         self.record("contender", contender=name, status=status, message=message, **fields)
@@ -175,9 +176,21 @@ class KindRun:
                                     samples=values, median_seconds=seconds, pairs_per_s=batch / seconds,
                                     useful_gflops=useful / seconds / 1e9)
 
-    def run(self) -> None:
+    def profile(self, pairs: list[list[str]]) -> None:
+        """An ONNX Runtime op profile of the runtime's first (longest) throughput batch, per ORT CPU contender."""
+        from bench_profile import op_profile
+
+        for name in ("ort-fp32", "ort-int8"):
+            contender = self.contenders.get(name)
+            if contender is not None and self.provider == "cpu":
+                result = op_profile(getattr(contender, "reranker"), pairs, self.call, self.probe["threads"])
+                self.record("profile", contender=name, precision=contender.precision, **result)
+
+    def run(self, profile_pairs: list[list[str]] | None = None) -> None:
         start = time.perf_counter()
         self.gate()
+        if profile_pairs:
+            self.profile(profile_pairs)
         self.throughput()
         self.latency()
         self.sweep()
