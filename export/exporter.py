@@ -104,7 +104,7 @@ def _request(opts: ExportOptions, family: FamilySpec, spec: ModelSpec) -> tuple[
 
 
 def _refuse_idle_compression(opts: ExportOptions, ratio: int, layers: list[int], request: GraphRequest) -> None:
-    """Compression flags that would bake nothing (FlagEmbedding skips such stages at call time; an export should say)."""
+    """Compression flags that would bake nothing: FlagEmbedding skips such stages silently, an export says so."""
     if opts.compress_layers is not None and ratio == 1:
         raise ExportError(f"--compress-layers {layers} has no effect at compress ratio 1 (no compression); "
                           "add --compress-ratio 2 or more, or drop --compress-layers")

@@ -30,10 +30,12 @@ REFUSALS = [
      ["GemmaForCausalLM", "encoder-only-base", "supported"]),
     ("compression-on-encoder", "xlm_roberta", {"compress_ratio": 2}, ExportError,
      ["lightweight reranker only", "xlm_roberta"]),
-    ("compress-layers-on-encoder", "xlm_roberta", {"compress_layers": (1,)}, ExportError, ["lightweight reranker only"]),
+    ("compress-layers-on-encoder", "xlm_roberta", {"compress_layers": (1,)}, ExportError,
+     ["lightweight reranker only"]),
     ("cutoff-on-gemma", "gemma", {"cutoff_layers": (1,)}, ExportError, ["--cutoff-layers", "gemma has one score"]),
     ("cutoff-beyond-model", "minicpm_layerwise", {"cutoff_layers": (9,)}, ExportError, ["[2, 6]", "invalid: [9]"]),
-    ("cutoff-before-first-head", "gemma2_lightweight", {"cutoff_layers": (1,)}, ExportError, ["[2, 6]", "invalid: [1]"]),
+    ("cutoff-before-first-head", "gemma2_lightweight", {"cutoff_layers": (1,)}, ExportError,
+     ["[2, 6]", "invalid: [1]"]),
     ("compress-layer-never-runs", "gemma2_lightweight", {"compress_ratio": 2, "compress_layers": (2, 9)}, ExportError,
      ["[9] would never run", "0 < c < 6", "within 1..5"]),
     ("default-compress-layer-never-runs", "gemma2_lightweight", {"compress_ratio": 2}, ExportError,
@@ -178,7 +180,8 @@ def test_help_and_list(capsys):
 def test_python_m_help_imports_nothing_heavy():
     run = subprocess.run([sys.executable, "-m", "rerank_export", "--help"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stdout.startswith("usage: rerank-export"), run.stderr
-    probe = ("import sys\nfrom rerank_export.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+    probe = ("import sys\nfrom rerank_export.cli import main\n"
+             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
              "print(sorted(m for m in ('torch', 'transformers', 'onnx', 'onnxruntime') if m in sys.modules))")
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stdout.strip().splitlines()[-1] == "[]", run.stdout + run.stderr

@@ -91,7 +91,8 @@ def test_manifest_describes_the_graph(exported, checkpoint, family, precision):
     assert m.source == str(checkpoint(family)) and m.graph.file == "model.onnx" and m.graph.opset == OPSET
     assert m.exits == _expected_exits(family, config)
     settings = EXPORT_SETTINGS[family]
-    assert (m.compress_ratio, m.compress_layers) == (settings.get("compress_ratio", 1), settings.get("compress_layers", ()))
+    want_compression = (settings.get("compress_ratio", 1), settings.get("compress_layers", ()))
+    assert (m.compress_ratio, m.compress_layers) == want_compression
 
     names = input_names(spec, _request(m))
     want_inputs = {n: ("int64", ("batch", "sequence")) for n in names[:2]}
@@ -125,17 +126,20 @@ def test_manifest_records_layout_defaults_and_versions(exported, checkpoint, fam
         cutoff = settings.get("cutoff_layers")
         want_defaults["cutoff_layers"] = list(cutoff) if cutoff else None
     if kind.takes_compression:
-        want_defaults.update(compress_ratio=settings["compress_ratio"], compress_layers=list(settings["compress_layers"]))
+        want_defaults["compress_ratio"] = settings["compress_ratio"]
+        want_defaults["compress_layers"] = list(settings["compress_layers"])
     assert m.defaults == want_defaults
     tok = Tokenizer.from_file(str(checkpoint(family) / "tokenizer.json"))
     layout = m.token_layout
-    assert (layout["query_instruction"], layout["passage_instruction"]) == (kind.query_instruction, kind.passage_instruction)
+    assert layout["query_instruction"] == kind.query_instruction
+    assert layout["passage_instruction"] == kind.passage_instruction
     assert layout["default_prompt"] == kind.default_prompt
     assert m.max_length == 512 and m.max_sequence_length >= m.max_length
     if kind.default_prompt is None:
         assert layout["yes_token_id"] is None and m.spec.pair_prefix and m.spec.pair_suffix
     else:
-        separator, prompt = tok.encode("\n", add_special_tokens=False).ids, tok.encode(kind.default_prompt, add_special_tokens=False).ids
+        separator = tok.encode("\n", add_special_tokens=False).ids
+        prompt = tok.encode(kind.default_prompt, add_special_tokens=False).ids
         assert layout["separator_ids"] == separator and layout["prompt_ids"] == prompt
         assert layout["yes_token_id"] == m.spec.yes_token_id == tok.encode("Yes", add_special_tokens=False).ids[0]
         assert m.max_sequence_length % 8 == 0  # FlagEmbedding pads decoder batches to a multiple of 8
@@ -229,7 +233,7 @@ def test_graph_matches_the_torch_wrapper_over_shapes(exported, checkpoint, famil
     assert not problems, f"ONNX vs torch beyond atol {tol.atol} + rtol {tol.rtol}: " + "; ".join(problems)
 
 
-# --- 3. early exit: --cutoff-layers 3 ends the layerwise graph at layer 3 ----------------------------------------------
+# --- 3. early exit: --cutoff-layers 3 ends the layerwise graph at layer 3 -------------------------------------------
 
 
 def _decoder_layers(path: Path) -> set[int]:
@@ -262,7 +266,8 @@ def test_runtime_serves_the_early_exit_heads_and_refuses_others(exported, checkp
     reference = Reference.from_finetuned(str(checkpoint("minicpm_layerwise")), model_class=LAYERWISE, batch_size=4)
     tol = tolerance("fp32", "cpu")
     for cutoff in ([2], [3]):
-        got, want = runtime.compute_score_array(pairs, cutoff_layers=cutoff), reference.compute_score_array(pairs, cutoff_layers=cutoff)
+        got = runtime.compute_score_array(pairs, cutoff_layers=cutoff)
+        want = reference.compute_score_array(pairs, cutoff_layers=cutoff)
         assert np.all(np.abs(got - want) <= tol.atol + tol.rtol * np.abs(want)), f"cutoff {cutoff}: {got} vs {want}"
     default = runtime.compute_score_array(pairs)  # the baked default is [3]
     np.testing.assert_array_equal(default, runtime.compute_score_array(pairs, cutoff_layers=[3]))
@@ -271,7 +276,7 @@ def test_runtime_serves_the_early_exit_heads_and_refuses_others(exported, checkp
     assert "layer 2 (head 0), layer 3 (head 1)" in str(err.value) and "layer 6" in str(err.value)
 
 
-# --- 5. int8: what the quantisation plan keeps in fp32 -----------------------------------------------------------------
+# --- 5. int8: what the quantisation plan keeps in fp32 ---------------------------------------------------------------
 
 
 def _layer(scope: str) -> int | None:
@@ -304,8 +309,8 @@ def test_int8_of_a_graph_with_external_data_keeps_one_data_file(checkpoint, tmp_
     from rerank_export.progress import Progress
 
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)  # every export takes the large-model path
-    out = export_onnx(ExportOptions(model=str(checkpoint("xlm_roberta")), output=str(tmp_path / "out"), precision="int8"),
-                      Progress([], quiet=True))
+    opts = ExportOptions(model=str(checkpoint("xlm_roberta")), output=str(tmp_path / "out"), precision="int8")
+    out = export_onnx(opts, Progress([], quiet=True))
     m = Manifest.read(out)
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "model.onnx.data", "tokenizer.json"]
     assert m.graph.external_data == ("model.onnx.data",) and m.verification["passed"] is True
