@@ -76,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sweep-repeats", type=int)
     p.add_argument("--max-batch-tokens", type=int, default=16384,
                    help="the runtime's and the reference's token budget per batch (0: FlagEmbedding's batching)")
+    p.add_argument("--report", metavar="JSONL", help="only re-render <stem>.md and <stem>.png from a run's JSONL")
     p.add_argument("--no-profile", action="store_true", help="skip the ONNX Runtime op profile of each kind")
     p.add_argument("--threads", type=int, help="threads per contender (default: physical cores)")
     p.add_argument("--out", help="output stem (default benchmarks/results/bench, or bench-quick with --quick)")
@@ -216,8 +217,22 @@ def run_kind(kind: str, cfg: dict[str, Any], probe: dict[str, Any], emit: Any) -
             contender.close()
 
 
+def rerender(jsonl: Path) -> int:
+    from bench_report import write_report
+
+    if not jsonl.is_file() or not jsonl.name.endswith(".jsonl"):
+        print(f"bench_rerank: --report needs a run's .jsonl file, got {jsonl}", file=sys.stderr)
+        return 2
+    records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    md, png = write_report(records, jsonl.with_name(jsonl.name[: -len(".jsonl")]))
+    print(f"wrote {md} and {png}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report:
+        return rerender(Path(args.report))
     try:
         cfg = settings(args)
         device = check_device(cfg["device"])

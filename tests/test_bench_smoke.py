@@ -213,3 +213,37 @@ def test_arguments_are_checked_before_the_device(capsys, tmp_path):
     assert "known: xlm-roberta, gemma" in capsys.readouterr().err
     assert bench_rerank.main(["--sweep-batches", "0,8", "--out", str(tmp_path / "x")]) == 2
     assert "positive integers" in capsys.readouterr().err
+
+
+# --- the report ------------------------------------------------------------------------------------------------
+
+
+def _synthetic_run() -> list[dict]:
+    env = {"run": "r", "type": "environment", "cpu": "Test CPU", "physical_cores": 2, "threads": 2, "commit": "abc",
+           "dirty": False, "versions": {}, "load_average": [0.5, 0.5, 0.5], "time_utc": "2026-01-01T00:00:00",
+           "settings": {"pairs": 10, "rounds": 1, "latency_passages": 4, "latency_calls": 2, "sweep_batches": [1],
+                        "sweep_lengths": [8], "sweep_repeats": 1, "max_batch_tokens": None}}
+    records = [env, {"run": "r", "type": "gemm-probe", "when": "start", "fp32_gflops": 100.0, "int8_gops": 400.0}]
+    for name, pps, p50 in (("flagembedding", 5.0, 0.4), ("ort-fp32", 10.0, 0.1)):
+        records += [
+            {"run": "r", "type": "contender", "kind": "gemma", "contender": name, "status": "ok",
+             "gate": {"max_abs_diff": 1e-7, "spearman": 1.0}},
+            {"run": "r", "type": "throughput", "kind": "gemma", "contender": name, "pairs_per_s": pps,
+             "useful_gflops": 7.0, "fed_tokens": 120, "real_tokens": 100, "parity_full_set": None},
+            {"run": "r", "type": "latency", "kind": "gemma", "contender": name, "p50": p50, "p90": p50, "p99": p50},
+        ]
+    records.insert(2, {"run": "r", "type": "kind", "kind": "gemma"})
+    records.append({"run": "r", "type": "contender", "kind": "gemma", "contender": "ort-int8",
+                    "status": "parity-failed", "message": "Spearman 0.9 is below 0.99"})
+    return records
+
+
+def test_report_gives_ratios_to_flagembedding_and_lists_failures(tmp_path):
+    import bench_report
+
+    md, png = bench_report.write_report(_synthetic_run(), tmp_path / "bench")
+    text = md.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| gemma | ort-fp32 |"))
+    assert "| 10.0 | 2.00x |" in row and "| 4.00x |" in row and "| 7% |" in row and "| 1.20 |" in row
+    assert "gemma / ort-int8: parity-failed: Spearman 0.9 is below 0.99" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
