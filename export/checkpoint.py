@@ -35,7 +35,10 @@ def resolve_model(name: str) -> Path:
         return builtin_checkpoint(name)
     repo = name if "/" in name else f"BAAI/{name}"
     if repo.count("/") != 1 or name.startswith((".", "/", "~")):
-        raise ModelNotFoundError(f"model {name!r} is neither a directory nor a hub id; built-in models: {sorted(BUILTIN)}")
+        raise ModelNotFoundError(
+            f"model {name!r} is not a directory; pass a checkpoint directory holding config.json, a hub id (org/name) "
+            f"that is in the local Hugging Face cache, or a built-in model: {sorted(BUILTIN)}"
+        )
     snapshot = _cached_snapshot(repo)
     if snapshot is None:
         raise ModelNotFoundError(

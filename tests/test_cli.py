@@ -22,7 +22,7 @@ from rerank_runtime.errors import ExportError, ModelNotFoundError, UnknownFamily
 # (id, family or None for a path given in the options, options beyond model/output, error, message fragments)
 REFUSALS = [
     ("missing-directory", None, {"model": "{tmp}/no-such-checkpoint"}, ModelNotFoundError,
-     ["no-such-checkpoint", "neither a directory nor a hub id", "built-in models"]),
+     ["no-such-checkpoint", "not a directory", "checkpoint directory holding config.json", "built-in model"]),
     ("unknown-hub-id", None, {"model": "BAAI/bge-reranker-no-such-model"}, ModelNotFoundError,
      ["not in the local Hugging Face cache", "huggingface-cli download BAAI/bge-reranker-no-such-model",
       "--model /path/to/checkpoint"]),
