@@ -99,8 +99,11 @@ def header(records: list[dict[str, Any]]) -> list[str]:
     done = _by(records, "done")
     s = env["settings"]
     v = env["versions"]
-    rates = ", ".join(f"{p['when']}: {p['fp32_gflops']:.0f} GFLOP/s fp32, {p['int8_gops']:.0f} GOP/s int8"
-                      for p in probes)
+    best = best_probe(records)
+    fp32 = [p["fp32_gflops"] for p in probes]
+    rates = (f"best {best['fp32_gflops']:.0f} GFLOP/s fp32 (the efficiency column's denominator; {len(probes)} "
+             f"probes ranged {min(fp32):.0f} to {max(fp32):.0f}), best {best['int8_gops']:.0f} GOP/s int8"
+             if probes else "not measured")
     lines = [
         f"Run {records[0]['run']} on {env['cpu']} ({env['physical_cores']} cores, {env['threads']} threads per "
         f"contender), commit {env['commit'][:10]}{' (dirty)' if env['dirty'] else ''}; onnxruntime "

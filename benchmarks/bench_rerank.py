@@ -251,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     probe = gemm_probe(cfg["threads"])
     out({"type": "gemm-probe", "when": "start", **probe})
     for kind in cfg["kinds"]:
+        probe = gemm_probe(cfg["threads"])  # before every kind: the machine's speed drifts with its neighbours
+        out({"type": "gemm-probe", "when": f"before {kind}", **probe})
         try:
             run_kind(kind, cfg, probe, out)
         except Exception as exc:  # one broken kind must not cost the others their numbers; the record says why

@@ -110,7 +110,8 @@ class KindRun:
                         pairs=len(stats.lengths), seconds=samples, median_seconds=seconds,
                         pairs_per_s=len(stats.lengths) / seconds, real_tokens=real,
                         fed_tokens=self._fed(name, stats), useful_flops=useful, useful_gflops=useful / seconds / 1e9,
-                        efficiency=useful / seconds / 1e9 / self.probe["fp32_gflops"], parity_full_set=full)
+                        efficiency_vs_kind_probe=useful / seconds / 1e9 / self.probe["fp32_gflops"],
+                        parity_full_set=full)
 
     def _fed(self, name: str, stats: TokenStats) -> int | None:
         """Tokens (padding included) the contender's batching feeds its model, where we know its batching."""
