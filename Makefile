@@ -29,7 +29,14 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed $(ORACLE)/.installed
 	RERANK_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python $(PY) -m pytest -q
 
-bench: $(VENV)/.installed $(ORACLE)/.installed
+# sentence-transformers' ONNX CrossEncoder, a benchmark contender, in its own environment (optimum-onnx pins transformers).
+BENCH_ST := .cache/bench/venv-st
+$(BENCH_ST)/.installed: benchmarks/st-requirements.txt
+	$(PYTHON) -m venv $(BENCH_ST)
+	$(BENCH_ST)/bin/python -m pip install $(PIP_FLAGS) -r benchmarks/st-requirements.txt
+	touch $@
+
+bench: $(VENV)/.installed $(ORACLE)/.installed $(BENCH_ST)/.installed
 	$(PY) -m pip install $(PIP_FLAGS) -e '.[cpu,export,bench]'
 	RERANK_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python $(PY) benchmarks/bench_rerank.py
 
