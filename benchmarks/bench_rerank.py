@@ -1,6 +1,6 @@
 """Benchmark every reranker kind: FlagEmbedding 1.4.2 against the project's PyTorch reference and runtime.
 
-    python benchmarks/bench_rerank.py                  # what `make bench` runs: all kinds, CPU, about 25 minutes
+    python benchmarks/bench_rerank.py                  # what `make bench` runs: all kinds, CPU, about 30 minutes
     python benchmarks/bench_rerank.py --quick          # a few hundred pairs, fewer repeats: a fast look
     python benchmarks/bench_rerank.py --kinds gemma --contenders flagembedding,ort-fp32
     python benchmarks/bench_rerank.py --device cuda    # CUDA / TensorRT EPs, native engines, FlagEmbedding fp16
@@ -32,7 +32,7 @@ from bench_setup import CPU_CONTENDERS, ENCODER_ONLY, GPU_CONTENDERS, KINDS  # n
 QUICK = {"pairs": 300, "latency_calls": 3, "rounds": 1, "sweep_batches": "1,16", "sweep_lengths": "64,256",
          "sweep_repeats": 1}
 # The issue asks for 2,000 throughput pairs; on two cores that alone takes about 25 minutes for the five contenders
-# and four kinds, so the default halves it to keep `make bench` near 25 minutes in all (--pairs 2000 for the full size).
+# and four kinds, so the default halves it: `make bench` then takes about 28 minutes in all (--pairs 2000: ~40).
 FULL = {"pairs": 1000, "latency_calls": 10, "rounds": 1, "sweep_batches": "1,8,32", "sweep_lengths": "64,128,512",
         "sweep_repeats": 3}
 
