@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from char_tokenizer import NL, VOCAB, char_tokenizer, t
 
 from rerank_runtime.errors import ArtifactError
 from rerank_runtime.kinds import KINDS, LIGHTWEIGHT_PROMPT
@@ -21,20 +21,7 @@ from rerank_runtime.layout import (
 )
 from rerank_runtime.spec import DECODER, ENCODER, LAYERWISE, LIGHTWEIGHT, ModelSpec
 
-CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 :.?!\n"
-VOCAB = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, **{c: 4 + i for i, c in enumerate(CHARS)}}
 BOS, PAD, EOS = 0, 1, 2
-NL = [VOCAB["\n"]]
-
-
-def t(text: str) -> list[int]:
-    return [VOCAB[c] for c in text]
-
-
-def char_tokenizer() -> Tokenizer:
-    tok = Tokenizer(models.WordLevel(VOCAB, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    return tok
 
 
 ENC_SPEC = ModelSpec(ENCODER, pad_token_id=PAD, pair_prefix=(BOS,), pair_middle=(EOS, EOS), pair_suffix=(EOS,))

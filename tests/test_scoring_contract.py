@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from char_tokenizer import NL, VOCAB, char_tokenizer, t
 
 from rerank_runtime.compression import apply_plan, plan_mask
 from rerank_runtime.errors import UnknownFamilyError, UnsupportedRequestError
@@ -32,19 +32,6 @@ from rerank_runtime.rerankers import (
 )
 from rerank_runtime.spec import DECODER, ENCODER, LAYERWISE, LIGHTWEIGHT, GraphRequest, Loaded, ModelSpec
 
-CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 :.,?!\n'"
-VOCAB = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, **{c: 4 + i for i, c in enumerate(CHARS)}}
-NL = [VOCAB["\n"]]
-
-
-def t(text: str) -> list[int]:
-    return [VOCAB[c] for c in text]
-
-
-def char_tokenizer() -> Tokenizer:
-    tok = Tokenizer(models.WordLevel(VOCAB, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    return tok
 
 
 SPECS = {
