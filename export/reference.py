@@ -14,7 +14,7 @@ from typing import Any
 from rerank_runtime import rerankers as _rt
 from rerank_runtime._deps import require
 from rerank_runtime.errors import UnsupportedRequestError
-from rerank_runtime.kinds import AUTO_RERANKER_MAPPING
+from rerank_runtime.kinds import AUTO_RERANKER_MAPPING, auto_lookup_key
 from rerank_runtime.spec import GraphRequest, Loaded, ModelSpec
 
 from .checkpoint import load_model, model_spec, read_json, resolve_model, tokenizer_file
@@ -91,9 +91,7 @@ def load_reference(path: str | os.PathLike, *, model_class: str | None, devices:
 
 def detect_model_class(path: str | os.PathLike) -> str:
     """FlagAutoReranker's rule: the name mapping on the directory's base name, then the config's architecture."""
-    key = os.path.basename(os.path.normpath(str(path)))
-    if key.startswith("checkpoint-"):
-        key = os.path.basename(os.path.dirname(os.path.normpath(str(path))))
+    key = auto_lookup_key(os.path.normpath(str(path)))
     if key in AUTO_RERANKER_MAPPING:
         return AUTO_RERANKER_MAPPING[key][0]
     directory = resolve_model(str(path))
