@@ -44,6 +44,17 @@ class ParityError(RerankError):
         self.tolerance = tolerance
 
 
+class NonFiniteScoreError(RerankError, ArithmeticError):
+    """A score that came out NaN or infinite (fp16 overflow is the usual cause). `index` is the pair's position in the
+    caller's input, `output` the graph output (exit) it came from, `value` the raw score."""
+
+    def __init__(self, message: str, index: int, value: float, output: str):
+        super().__init__(message)
+        self.index = index
+        self.value = value
+        self.output = output
+
+
 class EngineError(RerankError):
     """A TensorRT engine that cannot be built or loaded here."""
 

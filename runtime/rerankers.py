@@ -6,7 +6,9 @@ each of which turns a silent surprise into an answer or an error:
 - unknown keyword arguments raise TypeError (FlagEmbedding stores and ignores them);
 - out-of-range cutoff_layers raise ValueError (FlagEmbedding drops them with a warning);
 - peft_path is refused: merge the LoRA into the model and export the merged model.
-Our own options: provider, max_batch_tokens (None = FlagEmbedding's batching) and chunk_size (see batching.py).
+Our own options: provider, max_batch_tokens (None = FlagEmbedding's batching), chunk_size (see batching.py) and
+non_finite ("raise": a NaN or infinite score raises NonFiniteScoreError naming the pair; "nan": such scores are
+returned as NaN).
 """
 
 from __future__ import annotations
@@ -14,17 +16,19 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from .errors import UnsupportedRequestError
 from .kinds import DEFAULT_COMPRESS_LAYERS, build_request, get_kind
 from .layout import Instructions, LayoutSettings, plain_tokenizer, resolve_query_max_length
-from .scoring import CallPlan, Scorer, parse_pairs, sigmoid
+from .scoring import CallPlan, Scorer, apply_non_finite, check_non_finite, parse_pairs, sigmoid
 from .spec import DECODER, ENCODER, LAYERWISE, LIGHTWEIGHT, MODEL_CLASSES, Loaded
 
 Devices = str | int | Sequence[str] | Sequence[int] | None
+R = TypeVar("R", bound="_Reranker")
+_PRELOADED = "_preloaded"  # the keyword from_loaded passes a Loaded bundle through the constructor with
 Layers = int | Sequence[int] | None
 
 _HINTS = {
@@ -51,6 +55,7 @@ class _Reranker:
 
     def _setup(self, model_name_or_path: str, settings: dict[str, Any], unknown: dict[str, Any]) -> None:
         kind = get_kind(self._KIND)
+        loaded: Loaded | None = unknown.pop(_PRELOADED, None)
         self._reject_unknown(unknown)
         if settings.pop("peft_path", None) is not None:
             raise ValueError(
@@ -61,11 +66,13 @@ class _Reranker:
                                         ("query_max_length", 1, True), ("max_batch_tokens", 1, True),
                                         ("chunk_size", 1, False)):  # fmt: skip
             _check_int(name, settings[name], minimum, optional)
+        check_non_finite(settings["non_finite"])
         self.model_name_or_path = model_name_or_path
         for name, value in settings.items():
             setattr(self, name, value)
-        loaded = self._load(model_name_or_path, devices=settings["devices"], use_fp16=settings["use_fp16"],
-                            use_bf16=settings.get("use_bf16", False), provider=settings["provider"])  # fmt: skip
+        if loaded is None:
+            loaded = self._load(model_name_or_path, devices=settings["devices"], use_fp16=settings["use_fp16"],
+                                use_bf16=settings.get("use_bf16", False), provider=settings["provider"])  # fmt: skip
         if loaded.spec.model_class != kind.model_class:
             raise UnsupportedRequestError(
                 f"{model_name_or_path!r} holds a {loaded.spec.model_class} model, which {type(self).__name__} "
@@ -77,6 +84,14 @@ class _Reranker:
                                     self.passage_instruction_for_rerank, self.passage_instruction_format)  # fmt: skip
         self._scorer = Scorer(loaded.spec, kind, plain_tokenizer(loaded.tokenizer), loaded.backend, instructions)
         self._plan({})  # fail fast on invalid instance settings
+
+    @classmethod
+    def from_loaded(cls: type[R], loaded: Loaded, model_name_or_path: str = "<loaded>", **settings: Any) -> R:
+        """An instance over a model that is already loaded (load_artifact's bundle, the PyTorch reference's, or any
+        Backend), with the constructor's other arguments; nothing is read from disk."""
+        if not isinstance(loaded, Loaded):
+            raise TypeError(f"from_loaded needs a rerank_runtime.spec.Loaded bundle, got {type(loaded).__name__}")
+        return cls(model_name_or_path, **settings, **{_PRELOADED: loaded})
 
     def _apply_model_defaults(self, loaded: Loaded) -> None:
         kind = get_kind(self._KIND)
@@ -163,8 +178,10 @@ class _Reranker:
         """(float64 scores [n] or [n_exits, n], single-pair input?)."""
         options = {k: v for k, v in options.items() if v is not None}
         plan, normalize = self._plan(options)
+        policy = check_non_finite(options.get("non_finite", self.non_finite))
         pairs, single = parse_pairs(sentence_pairs)
-        scores = self._scorer.score(pairs, plan).astype(np.float64)
+        raw = self._scorer.score(pairs, plan)
+        scores = apply_non_finite(raw, plan.request.output_names, policy).astype(np.float64)
         if normalize:
             scores = sigmoid(scores)
         return (scores if len(plan.request.exits) > 1 else scores[0]), single
@@ -182,6 +199,7 @@ class _Reranker:
         compress_ratio: int | None = None,
         compress_layers: Layers = None,
         compress_layer: Layers = None,
+        non_finite: str | None = None,
     ) -> np.ndarray:
         """compute_score's scores as a float64 array: [n], or [n_layers, n] with several cutoff layers.
 
@@ -203,6 +221,7 @@ class _Reranker:
         compress_ratio: int | None = None,
         compress_layers: Layers = None,
         compress_layer: Layers = None,
+        non_finite: str | None = None,
     ) -> float | list[float] | list[list[float]]:
         """Score [query, passage] pairs as FlagEmbedding does.
 
@@ -214,6 +233,8 @@ class _Reranker:
         of floats for a list of pairs, and with several cutoff layers a list of lists [n_layers][n_pairs] in ascending
         layer order (a single pair then gives one float per layer). [] gives [] (FlagEmbedding raises IndexError).
         Raw scores are the graph's float32 values widened to float; normalize=True applies 1 / (1 + exp(-x)).
+        A NaN or infinite score raises NonFiniteScoreError naming the pair, unless non_finite="nan" (call or instance)
+        asks for NaN in its place.
         """
         options = {k: v for k, v in locals().items() if k not in ("self", "sentence_pairs")}
         scores, single = self._run(sentence_pairs, options)
@@ -235,7 +256,7 @@ class FlagReranker(_Reranker):
                  trust_remote_code: bool = False, cache_dir: str | None = None, devices: Devices = None,
                  batch_size: int = 128, query_max_length: int | None = None, max_length: int = 512,
                  normalize: bool = False, *, provider: str | None = None, max_batch_tokens: int | None = None,
-                 chunk_size: int = 8192, **kwargs: Any) -> None:  # fmt: skip
+                 chunk_size: int = 8192, non_finite: str = "raise", **kwargs: Any) -> None:  # fmt: skip
         settings = {k: v for k, v in locals().items() if k not in ("self", "model_name_or_path", "kwargs", "__class__")}
         self._setup(model_name_or_path, settings, kwargs)
 
@@ -252,7 +273,7 @@ class FlagLLMReranker(_Reranker):
                  trust_remote_code: bool = False, devices: Devices = None, prompt: str | None = None,
                  batch_size: int = 128, query_max_length: int | None = None, max_length: int = 512,
                  normalize: bool = False, *, provider: str | None = None, max_batch_tokens: int | None = None,
-                 chunk_size: int = 8192, **kwargs: Any) -> None:  # fmt: skip
+                 chunk_size: int = 8192, non_finite: str = "raise", **kwargs: Any) -> None:  # fmt: skip
         settings = {k: v for k, v in locals().items() if k not in ("self", "model_name_or_path", "kwargs", "__class__")}
         self._setup(model_name_or_path, settings, kwargs)
 
@@ -269,7 +290,8 @@ class LayerWiseFlagLLMReranker(_Reranker):
                  trust_remote_code: bool = False, devices: Devices = None, cutoff_layers: Layers = None,
                  prompt: str | None = None, batch_size: int = 128, query_max_length: int | None = None,
                  max_length: int = 512, normalize: bool = False, *, provider: str | None = None,
-                 max_batch_tokens: int | None = None, chunk_size: int = 8192, **kwargs: Any) -> None:  # fmt: skip
+                 max_batch_tokens: int | None = None, chunk_size: int = 8192, non_finite: str = "raise",
+                 **kwargs: Any) -> None:  # fmt: skip
         settings = {k: v for k, v in locals().items() if k not in ("self", "model_name_or_path", "kwargs", "__class__")}
         self._setup(model_name_or_path, settings, kwargs)
 
@@ -290,7 +312,7 @@ class LightWeightFlagLLMReranker(_Reranker):
                  compress_layers: Layers = None, compress_ratio: int | None = None, prompt: str | None = None,
                  batch_size: int = 128, query_max_length: int | None = None, max_length: int = 512,
                  normalize: bool = False, *, provider: str | None = None, max_batch_tokens: int | None = None,
-                 chunk_size: int = 8192, **kwargs: Any) -> None:  # fmt: skip
+                 chunk_size: int = 8192, non_finite: str = "raise", **kwargs: Any) -> None:  # fmt: skip
         settings = {k: v for k, v in locals().items() if k not in ("self", "model_name_or_path", "kwargs", "__class__")}
         self._setup(model_name_or_path, settings, kwargs)
 
@@ -321,6 +343,13 @@ class FlagAutoReranker:
             raise ValueError(f"model_class must be one of {MODEL_CLASSES}, got {model_class!r}")
         target = cls._classes[name]
         return target(model_name_or_path, use_fp16=use_fp16, trust_remote_code=bool(trust_remote_code), **kwargs)
+
+    @classmethod
+    def from_loaded(cls, loaded: Loaded, model_name_or_path: str = "<loaded>", **settings: Any) -> _Reranker:
+        """The class for loaded.spec.model_class, over an already loaded model (see _Reranker.from_loaded)."""
+        if not isinstance(loaded, Loaded):
+            raise TypeError(f"from_loaded needs a rerank_runtime.spec.Loaded bundle, got {type(loaded).__name__}")
+        return cls._classes[loaded.spec.model_class].from_loaded(loaded, model_name_or_path, **settings)
 
     @classmethod
     def _detect_model_class(cls, model_name_or_path: str) -> str:

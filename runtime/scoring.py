@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 
 from .batching import chunk_bounds, pad_rows, plan_batches, sort_order
 from .compression import build_plan
-from .errors import ManifestMismatchError
+from .errors import ManifestMismatchError, NonFiniteScoreError
 from .kinds import Kind, padding_side
 from .layout import EncodedChunk, Instructions, LayoutSettings, PairEncoder
 from .spec import Backend, GraphRequest, ModelSpec
@@ -49,6 +49,36 @@ def _check_pair(item: Any, index: int | None) -> Pair:
         if not isinstance(pair[pos], str):
             raise TypeError(f"{where}[{pos}] (the {name}) must be a str, got {type(pair[pos]).__name__}")
     return pair[0], pair[1]
+
+
+NON_FINITE_POLICIES = ("raise", "nan")
+
+
+def check_non_finite(policy: Any) -> str:
+    if policy not in NON_FINITE_POLICIES:
+        raise ValueError(f"non_finite must be one of {list(NON_FINITE_POLICIES)}, got {policy!r}")
+    return policy
+
+
+def apply_non_finite(scores: np.ndarray, names: Sequence[str], policy: str) -> np.ndarray:
+    """Raw scores [n_outputs, n_pairs] with no NaN or inf, or NonFiniteScoreError naming the first pair that has one.
+
+    policy "nan" is the explicit opt-in: every non-finite score becomes NaN (never inf, and never a sigmoid's 1.0).
+    """
+    bad = ~np.isfinite(scores)
+    if not bad.any():
+        return scores
+    if policy == "nan":
+        return np.where(bad, np.float32(np.nan), scores)
+    index = int(np.flatnonzero(bad.any(axis=0))[0])
+    row = int(np.flatnonzero(bad[:, index])[0])
+    value = float(scores[row, index])
+    raise NonFiniteScoreError(
+        f"the model scored sentence_pairs[{index}] as {value} (graph output {names[row]!r}); a non-finite score is "
+        "never returned silently. An fp16 export that overflows is the usual cause: use an fp32 or bf16 export, or "
+        "pass non_finite='nan' to get NaN for such pairs",
+        index=index, value=value, output=names[row],
+    )
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -412,3 +412,66 @@ def test_compress_layer_is_a_deprecated_override() -> None:
     with pytest.warns(DeprecationWarning, match="compress_layers"):
         compressed = r.compute_score(PAIRS[:4], cutoff_layers=[6], compress_layer=[3])
     assert compressed == r.compute_score(PAIRS[:4], cutoff_layers=[6], compress_layers=[3]) != plain
+
+
+# ---------------------------------------------------------------- non-finite scores and from_loaded
+
+
+class PoisonBackend(FakeBackend):
+    """The fake graph, except that rows containing 'n' score NaN and rows containing 'i' score +inf."""
+
+    def _scores(self, request: GraphRequest, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        outs = super()._scores(request, feeds)
+        ids = feeds["input_ids"] * feeds["attention_mask"]
+        nan, inf = (ids == VOCAB["n"]).any(axis=1), (ids == VOCAB["i"]).any(axis=1)
+        return [np.where(nan, np.float32(np.nan), np.where(inf, np.float32(np.inf), o)) for o in outs]
+
+
+POISON_PAIRS = [("q", "aa"), ("q", "bbb"), ("q", "nn"), ("q", "c"), ("q", "iiiiiiiiii")]
+
+
+def poisoned(**kwargs: Any) -> Any:
+    loaded = Loaded(SPECS[ENCODER], char_tokenizer(), PoisonBackend(), {})
+    return FlagReranker.from_loaded(loaded, batch_size=2, **kwargs)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_non_finite_score_raises_naming_the_pair_in_input_order(normalize: bool) -> None:
+    from rerank_runtime.errors import NonFiniteScoreError
+
+    reranker = poisoned(normalize=normalize)
+    with pytest.raises(NonFiniteScoreError, match=r"sentence_pairs\[2\] as nan.*'score'") as info:
+        reranker.compute_score(POISON_PAIRS)  # longest first: pair 4 (inf) runs first, but the index is the input's
+    assert (info.value.index, info.value.output) == (2, "score") and math.isnan(info.value.value)
+    with pytest.raises(NonFiniteScoreError, match=r"sentence_pairs\[1\] as inf") as info:
+        reranker.compute_score([POISON_PAIRS[0], POISON_PAIRS[4]])
+    assert info.value.index == 1 and info.value.value == math.inf
+
+
+def test_non_finite_nan_opt_in_returns_nan_never_inf_or_one() -> None:
+    clean = [row_score([float(v) for v in enc_ids(q, p)]) for q, p in POISON_PAIRS]
+    for reranker, call in ((poisoned(non_finite="nan"), {}), (poisoned(), {"non_finite": "nan"})):
+        raw = reranker.compute_score(POISON_PAIRS, **call)
+        normed = reranker.compute_score(POISON_PAIRS, normalize=True, **call)
+        assert [math.isnan(x) for x in raw] == [math.isnan(x) for x in normed] == [False, False, True, False, True]
+        assert [raw[i] for i in (0, 1, 3)] == [clean[i] for i in (0, 1, 3)]
+        assert all(0.0 <= normed[i] <= 1.0 for i in (0, 1, 3))
+
+
+def test_non_finite_policy_is_checked_in_constructor_and_call() -> None:
+    with pytest.raises(ValueError, match=r"non_finite must be one of \['raise', 'nan'\], got 'ignore'"):
+        poisoned(non_finite="ignore")
+    with pytest.raises(ValueError, match="non_finite must be one of"):
+        poisoned().compute_score(POISON_PAIRS[:2], non_finite="zero")
+
+
+def test_from_loaded_is_the_public_constructor_over_a_bundle() -> None:
+    backend = FakeBackend()
+    loaded = Loaded(SPECS[DECODER], char_tokenizer(), backend, {})
+    reranker = FlagAutoReranker.from_loaded(loaded, batch_size=3)
+    assert type(reranker) is FlagLLMReranker and reranker.batch_size == 3 and reranker.backend is backend
+    assert reranker.compute_score(PAIRS[:4]) == make(DECODER, batch_size=3).compute_score(PAIRS[:4])
+    with pytest.raises(TypeError, match="Loaded bundle"):
+        FlagReranker.from_loaded(object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        FlagReranker.from_loaded(Loaded(SPECS[ENCODER], char_tokenizer(), FakeBackend(), {}), colour="red")
