@@ -149,9 +149,12 @@ def check_model(check: Check, model: str, present: list[str]) -> None:
     recorder = Recorder(loaded.backend)
     reference = FlagAutoReranker.from_loaded(Loaded(loaded.spec, loaded.tokenizer, recorder), **settings)
     ref = scores(reference, pairs, args.batch, length)
-    long_pairs = benchmark_pairs(2 * max(args.batches), seed=1, min_tokens=2 * length, max_tokens=2 * length)
+    most = max(args.batches)
+    long_pairs = benchmark_pairs(2 * most, seed=1, min_tokens=2 * length, max_tokens=2 * length)  # all cut
+    pairs_a = long_pairs[:most]
+    pairs_b = [[query, other] for (query, _), (_, other) in zip(pairs_a, long_pairs[most:])]
     grid = grid_feeds(lambda p, b, n: reference.compute_score_array(p, batch_size=b, max_length=n), recorder,
-                      long_pairs, args.batches, args.lengths)
+                      pairs_a, pairs_b, args.batches, args.lengths)
     for precision in args.precisions:
         for backend in present:
             what = {"model": model, "precision": precision, "backend": backend}
@@ -179,7 +182,7 @@ def check_backend(check: Check, what: dict[str, Any], checkpoint: Path, export: 
     print(f"checking {label}", flush=True)
     started = time.monotonic()
     cuda = cuda_runtime()
-    options = EngineOptions(max_batch_size=max(args.batches), length_buckets=tuple(sorted(args.lengths)),
+    options = EngineOptions(max_batch_size=max(args.batch, *args.batches), length_buckets=tuple(sorted(args.lengths)),
                             timing_cache=args.cache / "timing.cache", overwrite=True)
     try:
         built = build(name, str(checkpoint), export, precision, settings, options, cuda)

@@ -67,24 +67,28 @@ class Recorder:
         return out
 
 
-def grid_feeds(score: Callable[[list[list[str]], int, int], object], recorder: Recorder, pairs: list[list[str]],
-               batches: Sequence[int], lengths: Sequence[int]) -> dict[tuple[int, int], tuple[Any, list[dict]]]:
-    """(batch, length) -> (request, [feeds A, feeds B]): two batches of the same shape and different pairs, from
-    `pairs` long enough to be cut at every length. score(pairs, batch_size, max_length) runs one compute_score call
-    through `recorder`."""
+def grid_feeds(score: Callable[[list[list[str]], int, int], object], recorder: Recorder,
+               pairs_a: list[list[str]], pairs_b: list[list[str]], batches: Sequence[int],
+               lengths: Sequence[int]) -> dict[tuple[int, int], tuple[Any, list[dict]]]:
+    """(batch, length) -> (request, [feeds A, feeds B]): two batches of the same shapes and different tokens.
+
+    pairs_b must have pairs_a's queries with other passages, all long enough to be cut at every length, so that every
+    input (token compression plans included) has the same shape in A and B. score(pairs, batch_size, max_length)
+    runs one compute_score call through `recorder`.
+    """
     out: dict[tuple[int, int], tuple[Any, list[dict]]] = {}
     for length in lengths:
         for batch in batches:
             feeds = []
-            for start in (0, batch):
+            for pairs in (pairs_a, pairs_b):
                 recorder.calls.clear()
-                score(pairs[start:start + batch], batch, length)
+                score(pairs[:batch], batch, length)
                 [(request, f)] = recorder.calls  # one call of `batch` pairs is one batch
                 feeds.append(f)
-            if feeds[0]["input_ids"].shape != feeds[1]["input_ids"].shape:
-                raise ValueError(f"batches A and B at {batch} x {length} differ in shape "
-                                 f"({feeds[0]['input_ids'].shape} vs {feeds[1]['input_ids'].shape}); "
-                                 "use longer pairs so that every row is cut at max_length")
+            shapes = [{k: v.shape for k, v in f.items()} for f in feeds]
+            if shapes[0] != shapes[1]:
+                raise ValueError(f"batches A and B at {batch} x {length} differ in shape ({shapes[0]} vs "
+                                 f"{shapes[1]}); give B A's queries and passages long enough to be cut at {length}")
             out[(batch, length)] = (request, feeds)
     return out
 
@@ -145,7 +149,8 @@ def graph_replay_proof(graphs: Any, plain: Any, request: Any, feeds_a: dict, fee
     if not np.isfinite(replay_b).all():
         problems.append("the replay gave non-finite scores")
     if diff > spread:
-        problems.append(f"the replay on B differs from a plain run on B by {diff:.3g} (plain runs differ by {spread:.3g})")
+        problems.append(f"the replay on B differs from a plain run on B by {diff:.3g} (plain runs differ by "
+                        f"{spread:.3g})")
     if np.array_equal(replay_b, scores_a):
         problems.append("the replay on B returned A's scores: the graph did not read the new inputs")
     return {"passed": not problems, "problems": problems, "max_diff_vs_plain": diff, "plain_spread": spread,

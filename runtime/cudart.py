@@ -162,6 +162,9 @@ class CudaRuntime:
         return self._call("cudaEventCreate")
 
     def event_record(self, event: Any, stream: Any) -> None:
+        """stream: a stream object, or the address of one (torch's, ONNX Runtime's user_compute_stream)."""
+        if isinstance(stream, int):
+            stream = self._rt.cudaStream_t(stream)
         self._call("cudaEventRecord", event, stream)
 
     def elapsed_ms(self, start: Any, end: Any) -> float:

@@ -48,8 +48,8 @@ class NodePlacement:
             shown = ", ".join(self.cpu_data_nodes[:5]) + (" ..." if len(self.cpu_data_nodes) > 5 else "")
             found.append(f"{len(self.cpu_data_nodes)} node(s) computing data ran on the CPU ({shown})")
         if provider == "tensorrt" and self.tensorrt_subgraphs != 1:
-            found.append(f"TensorRT took the graph as {self.tensorrt_subgraphs} subgraphs (expected 1), so ONNX Runtime "
-                         "ignores the explicit profile shapes")
+            found.append(f"TensorRT took the graph as {self.tensorrt_subgraphs} subgraphs (expected 1), so ONNX "
+                         "Runtime ignores the explicit profile shapes")
         return found
 
 
@@ -75,7 +75,8 @@ def placement_from_events(events: Iterable[Mapping[str, Any]]) -> NodePlacement:
     return NodePlacement(dict(counts), tuple(cpu_data), len(trt_nodes))
 
 
-def profiled_placement(build: Callable[[Any], Any], options: Any, run: Callable[[Any], object]) -> tuple[Any, NodePlacement]:
+def profiled_placement(build: Callable[[Any], Any], options: Any,
+                       run: Callable[[Any], object]) -> tuple[Any, NodePlacement]:
     """Build a session with profiling on, run it once, and read the placement from the profile.
 
     build(options) -> session; run(session) runs one batch. `options` (an onnxruntime.SessionOptions, possibly the

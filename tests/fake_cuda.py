@@ -141,6 +141,9 @@ class FakeCudaRuntime(types.ModuleType):
         self.streams[stream.handle] = stream
         return cudaError_t.cudaSuccess, stream
 
+    def cudaStream_t(self, handle: int) -> Stream:  # noqa: N802 (cuda-bindings' name): a stream from its address
+        return self.streams[int(handle)]
+
     def cudaStreamDestroy(self, stream: Stream) -> tuple[Any]:
         self.streams.pop(stream.handle)
         return (cudaError_t.cudaSuccess,)

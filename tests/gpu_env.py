@@ -90,7 +90,7 @@ class CudaEnv:
             return self.fake.streams[stream_handle].capture is not None
         from cuda.bindings import runtime
 
-        err, status = runtime.cudaStreamIsCapturing(stream_handle)
+        err, status = runtime.cudaStreamIsCapturing(runtime.cudaStream_t(stream_handle))
         return status != runtime.cudaStreamCaptureStatus.cudaStreamCaptureStatusNone
 
     def add_one(self, ptr: int, count: int, stream_handle: int) -> None:

@@ -122,7 +122,7 @@ def test_events_time_work_on_the_stream(cuda_env: CudaEnv) -> None:
     start, end = cuda.event_create(), cuda.event_create()
     cuda.event_record(start, stream)
     cuda_env.add_one(device.ptr, n, CudaRuntime.handle(stream))
-    cuda.event_record(end, stream)
+    cuda.event_record(end, CudaRuntime.handle(stream))  # a stream's address works too (torch's, ONNX Runtime's)
     assert cuda.elapsed_ms(start, end) >= 0.0
     for event in (start, end):
         cuda.event_destroy(event)

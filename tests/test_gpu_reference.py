@@ -27,7 +27,8 @@ cuda_only = pytest.mark.skipif(not HAS_CUDA, reason=f"torch {torch.__version__} 
 
 
 def model(family: str) -> str:
-    """The trained tiny checkpoint where the factory has one (scores spread like a real model's), else the random one."""
+    """The trained tiny checkpoint where the factory has one (scores spread like a real model's), else the random
+    one."""
     name = f"tiny-{family.replace('_', '-')}"
     return f"{name}-trained" if f"{name}-trained" in BUILTIN else name
 

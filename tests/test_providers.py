@@ -157,7 +157,8 @@ def test_visible_cuda_devices_without_a_driver() -> None:
 
 
 @pytest.mark.parametrize("devices,expected", [
-    (None, ["cpu"]), ("CUDA", ["cuda:0"]), (3, ["cuda:3"]), (["cuda:1", 0], ["cuda:1", "cuda:0"]), (["cpu"] * 2, ["cpu"] * 2)])
+    (None, ["cpu"]), ("CUDA", ["cuda:0"]), (3, ["cuda:3"]), (["cuda:1", 0], ["cuda:1", "cuda:0"]),
+    (["cpu"] * 2, ["cpu"] * 2)])
 def test_device_names(devices: Any, expected: list[str]) -> None:
     assert providers.device_names(devices) == expected
     assert providers.device_names(None, gpu_default=True) == ["cuda:0"]
