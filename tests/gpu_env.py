@@ -22,10 +22,9 @@ from rerank_runtime.cudart import CudaRuntime, visible_cuda_devices
 from rerank_runtime.errors import ProviderUnavailableError
 
 
-def why_no_real_cuda() -> str | None:
-    """None when cuda-bindings, CuPy and a visible GPU are all here; otherwise what is missing."""
-    missing = [name for name, module in (("cuda-bindings", "cuda"), ("CuPy", "cupy"))
-               if importlib.util.find_spec(module) is None]
+def why_no_gpu(needs: dict[str, str]) -> str | None:
+    """None when every needed package (name -> import name) and a visible GPU are here; otherwise what is missing."""
+    missing = [name for name, module in needs.items() if importlib.util.find_spec(module) is None]
     if missing:
         return f"needs {' and '.join(missing)} and an NVIDIA GPU; not installed: {missing}"
     try:
@@ -34,7 +33,7 @@ def why_no_real_cuda() -> str | None:
         return str(exc)
 
 
-NO_REAL_CUDA = why_no_real_cuda()
+NO_REAL_CUDA = why_no_gpu({"cuda-bindings": "cuda", "CuPy": "cupy"})
 
 _ADD_ONE = r"""
 extern "C" __global__ void add_one(int* x, int n) {

@@ -4,6 +4,8 @@ a failed capture that leaves the stream usable, events)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -65,16 +67,23 @@ def _download(cuda: CudaRuntime, stream: object, device: DeviceBuffer, host: Pin
     return host.view(np.dtype(np.int32), count).copy()
 
 
-def test_graph_capture_and_replay_read_new_data(cuda_env: CudaEnv) -> None:
-    cuda, n = cuda_env.runtime(), 300
+def _ones_on_a_stream(cuda_env: CudaEnv, n: int) -> tuple[CudaRuntime, Any, int, DeviceBuffer, PinnedBuffer]:
+    """A stream and n int32 ones on the device, made by one uncaptured add_one (CuPy compiles it here)."""
+    cuda = cuda_env.runtime()
     stream = cuda.stream_create()
     handle = CudaRuntime.handle(stream)
     device, host = DeviceBuffer(cuda), PinnedBuffer(cuda)
     device.ensure(n * 4)
     host.ensure(n * 4)
     _upload(cuda, stream, device, host, np.zeros(n, np.int32))
-    cuda_env.add_one(device.ptr, n, handle)  # uncaptured warm-up (CuPy compiles here, outside the capture)
+    cuda_env.add_one(device.ptr, n, handle)
     cuda.stream_synchronize(stream)
+    return cuda, stream, handle, device, host
+
+
+def test_graph_capture_and_replay_read_new_data(cuda_env: CudaEnv) -> None:
+    n = 300
+    cuda, stream, handle, device, host = _ones_on_a_stream(cuda_env, n)
     cuda.begin_capture(stream)
     cuda_env.add_one(device.ptr, n, handle)
     graph = cuda.end_capture(stream)
@@ -92,15 +101,8 @@ def test_graph_capture_and_replay_read_new_data(cuda_env: CudaEnv) -> None:
 
 
 def test_failed_capture_leaves_the_stream_usable(cuda_env: CudaEnv) -> None:
-    cuda, n = cuda_env.runtime(), 64
-    stream = cuda.stream_create()
-    handle = CudaRuntime.handle(stream)
-    device, host = DeviceBuffer(cuda), PinnedBuffer(cuda)
-    device.ensure(n * 4)
-    host.ensure(n * 4)
-    _upload(cuda, stream, device, host, np.zeros(n, np.int32))
-    cuda_env.add_one(device.ptr, n, handle)
-    cuda.stream_synchronize(stream)
+    n = 64
+    cuda, stream, handle, device, host = _ones_on_a_stream(cuda_env, n)
     cuda.begin_capture(stream)
     cuda_env.add_one(device.ptr, n, handle)
     with pytest.raises(EngineError, match="cudaStreamSynchronize failed with cudaErrorStreamCapture"):

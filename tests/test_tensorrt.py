@@ -21,9 +21,9 @@ import pytest
 
 from rerank_export import tensorrt_build as tb
 from rerank_runtime import trt_backend as tbe
-from rerank_runtime.cudart import visible_cuda_devices
+from gpu_env import why_no_gpu
 from rerank_runtime.errors import (ArtifactError, EngineError, ManifestMismatchError, MissingDependencyError,
-                                   ProviderUnavailableError, UnsupportedRequestError)
+                                   UnsupportedRequestError)
 from rerank_runtime.providers import DEFAULT_MAX_BATCH
 from rerank_runtime.spec import DECODER, ENCODER, LAYERWISE, LIGHTWEIGHT, GraphRequest
 from trt_fixtures import HIDDEN, VOCAB, make_manifest, ort_cpu, save_export, tiny_feeds, tiny_onnx, write_export
@@ -289,17 +289,7 @@ def test_tiny_fixture_graphs_compute_what_they_should(tmp_path: Path, kind: str,
 # ---------------------------------------------------------------------------------------------------------------
 # GPU: build and run with real TensorRT (not run yet)
 
-def _why_no_tensorrt_gpu() -> str | None:
-    missing = [m for m in ("tensorrt", "cuda") if importlib.util.find_spec(m) is None]
-    if missing:
-        return f"needs {' and '.join(missing)} (the [trt] extra) and an NVIDIA GPU; not installed: {missing}"
-    try:
-        return None if visible_cuda_devices() > 0 else "no CUDA device is visible"
-    except ProviderUnavailableError as exc:
-        return str(exc)
-
-
-_NO_TRT = _why_no_tensorrt_gpu()
+_NO_TRT = why_no_gpu({"tensorrt": "tensorrt", "cuda-bindings": "cuda"})  # the [trt] extra
 gpu = pytest.mark.skipif(_NO_TRT is not None, reason=_NO_TRT or "")
 
 
