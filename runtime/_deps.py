@@ -21,8 +21,8 @@ _EXTRAS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "onnxscript": ("exporting", ("export",), ""),
     "safetensors": ("loading checkpoints", ("export",), ""),
     "tensorrt": ("native TensorRT engines", ("trt",),
-                 "; the tensorrt* packages on the index are stubs that download the real wheels from NVIDIA's own "
-                 "index (pypi.nvidia.com) at install time, so that index must be reachable"),
+                 "; the TensorRT packages on the index are stubs whose libraries come from NVIDIA's own index "
+                 "(pypi.nvidia.com) at install time, so that index must be reachable"),
     "cuda": ("native TensorRT engines (cuda-bindings)", ("trt",), ""),
     "matplotlib": ("benchmark charts", ("bench",), ""),
 }
