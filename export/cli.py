@@ -44,7 +44,10 @@ def export_parser() -> argparse.ArgumentParser:
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-batch-size", type=int, default=128, help="TensorRT: largest batch the engine serves (default 128, FlagEmbedding's batch_size)")
+    from rerank_runtime.providers import DEFAULT_MAX_BATCH  # the one default, shared with EngineOptions
+
+    p.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH, help="TensorRT: largest batch the engine "
+                   f"serves (default {DEFAULT_MAX_BATCH}, FlagEmbedding's batch_size)")
 
 
 def engine_parser() -> argparse.ArgumentParser:

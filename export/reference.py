@@ -13,8 +13,10 @@ from typing import Any
 
 from rerank_runtime import rerankers as _rt
 from rerank_runtime._deps import require
-from rerank_runtime.errors import UnsupportedRequestError
+from rerank_runtime.artifact import RoundRobin
+from rerank_runtime.errors import ProviderUnavailableError, UnsupportedRequestError
 from rerank_runtime.kinds import AUTO_RERANKER_MAPPING, auto_lookup_key
+from rerank_runtime.providers import device_names
 from rerank_runtime.spec import GraphRequest, Loaded, ModelSpec
 
 from .checkpoint import load_model, model_spec, read_json, resolve_model, tokenizer_file
@@ -22,15 +24,18 @@ from .families import FamilySpec, detect_family
 
 
 class TorchBackend:
-    """Runs a family's score wrapper in torch on CPU; one wrapper per distinct GraphRequest, built on demand."""
+    """Runs a family's score wrapper in torch on one device ("cpu" or "cuda:N"); one wrapper per distinct
+    GraphRequest, built on demand."""
 
     concurrency = 1
 
-    def __init__(self, model: Any, config: dict[str, Any], family: FamilySpec, spec: ModelSpec, dtype: str = "fp32"):
+    def __init__(self, model: Any, config: dict[str, Any], family: FamilySpec, spec: ModelSpec, dtype: str = "fp32",
+                 device: str = "cpu"):
         from .precision import cast_weights
 
-        self.model = cast_weights(model, dtype)  # in place: the model, its heads and every wrapper share one dtype
-        self.config, self.family, self.spec, self.dtype = config, family, spec, dtype
+        # in place: the model, its heads and every wrapper share one dtype and one device
+        self.model = cast_weights(model, dtype).to(device)
+        self.config, self.family, self.spec, self.dtype, self.device = config, family, spec, dtype, device
         self._wrappers: dict[GraphRequest, Any] = {}
         self._lock = threading.Lock()
 
@@ -51,13 +56,14 @@ class TorchBackend:
         with self._lock:
             if request not in self._wrappers:
                 extras = {"yes_token_id": self.spec.yes_token_id}
-                self._wrappers[request] = self.family.build_wrapper(self.model, self.config, request, extras).eval()
+                wrapper = self.family.build_wrapper(self.model, self.config, request, extras)
+                self._wrappers[request] = wrapper.to(self.device).eval()  # head rows are built on the CPU
             return self._wrappers[request]
 
     def inputs(self, request: GraphRequest, feeds: dict[str, Any]) -> tuple:
         torch = require("torch")
         names = ("input_ids", "attention_mask") + self.family.extra_inputs(request)
-        return tuple(torch.from_numpy(feeds[n]) for n in names)
+        return tuple(torch.from_numpy(feeds[n]).to(self.device) for n in names)
 
     def run(self, request: GraphRequest, feeds: dict[str, Any]) -> list[Any]:
         torch = require("torch")
@@ -65,28 +71,55 @@ class TorchBackend:
         with torch.inference_mode():
             out = module(*self.inputs(request, feeds))
         outs = out if isinstance(out, tuple) else (out,)
-        return [o.float().numpy() for o in outs]
+        return [o.float().cpu().numpy() for o in outs]
 
 
 def load_reference(path: str | os.PathLike, *, model_class: str | None, devices: Any = None, use_fp16: bool = False,
                    use_bf16: bool = False, provider: str | None = None) -> Loaded:
-    """A checkpoint (directory, hub id or built-in name) as a Loaded bundle with a TorchBackend."""
+    """A checkpoint (directory, hub id or built-in name) as a Loaded bundle with a TorchBackend per device.
+
+    devices: FlagEmbedding's: None or "cpu", "cuda", "cuda:N", an index N, or a list of those (one model copy per
+    device, batches taken in turn). Precision as FlagEmbedding: on CUDA use_fp16 runs fp16 and use_bf16 bf16; on the
+    CPU use_fp16 is switched off and use_bf16 runs bf16. Reduced precision is the exported graphs' mixed precision
+    (matmul weights low, norms, residual stream, softmax and heads fp32), so the reference and the artifacts agree on
+    what "fp16" means.
+    """
     from tokenizers import Tokenizer
 
-    if provider not in (None, "torch", "cpu"):
-        raise UnsupportedRequestError(f"the PyTorch reference runs on torch's CPU path; provider {provider!r} is not available")
-    for d in devices if isinstance(devices, (list, tuple)) else [devices]:
-        if d not in (None, "cpu"):
-            raise UnsupportedRequestError(f"the PyTorch reference runs on devices='cpu'; got {devices!r}")
+    names = _reference_devices(devices, provider)
     directory = resolve_model(str(path))
     config = read_json(directory / "config.json")
     family = detect_family(config, model_class)
-    model = load_model(directory, config, family)
     spec = model_spec(directory, config, family)
     tokenizer = Tokenizer.from_file(str(tokenizer_file(directory)))
-    # As FlagEmbedding on a CPU device: use_fp16 is switched off; use_bf16 runs bf16 weights.
-    dtype = "bf16" if use_bf16 else "fp32"
-    return Loaded(spec=spec, tokenizer=tokenizer, backend=TorchBackend(model, config, family, spec, dtype))
+    backends = []
+    for name in names:
+        dtype = "fp16" if use_fp16 and name != "cpu" else "bf16" if use_bf16 else "fp32"
+        backends.append(TorchBackend(load_model(directory, config, family), config, family, spec, dtype, name))
+    backend = backends[0] if len(backends) == 1 else RoundRobin(backends)
+    return Loaded(spec=spec, tokenizer=tokenizer, backend=backend)
+
+
+def _reference_devices(devices: Any, provider: str | None) -> list[str]:
+    """FlagEmbedding's devices as torch device names; CUDA ones must exist in this torch."""
+    if provider not in (None, "torch", "cpu"):
+        raise UnsupportedRequestError(f"the PyTorch reference runs in torch; provider {provider!r} is not available "
+                                      "(pass provider=None, or load an export with rerank_runtime for ONNX Runtime)")
+    names = device_names(devices)
+    cuda = [n for n in names if n != "cpu"]  # all or none: device_names refuses a mix
+    if cuda and provider == "cpu":
+        raise UnsupportedRequestError(f"provider 'cpu' cannot run on {names}; pass provider=None for CUDA devices")
+    if cuda:
+        torch = require("torch")
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        beyond = sorted({n for n in cuda if int(n.split(":")[1]) >= count})
+        if beyond:
+            raise ProviderUnavailableError(
+                f"devices {beyond} asked for, but torch {torch.__version__} sees {count} CUDA device(s) "
+                f"(torch.cuda.is_available() is {torch.cuda.is_available()}); use devices='cpu', or a CUDA build "
+                "of torch on a machine with an NVIDIA GPU"
+            )
+    return names
 
 
 def detect_model_class(path: str | os.PathLike) -> str:

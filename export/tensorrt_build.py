@@ -4,13 +4,13 @@ One optimisation profile per length bucket (64, 128, 256, ... up to max_length) 
 long ones; the engine goes to `<dir>/model.engine` and the manifest's "tensorrt" section records what the runtime checks
 before loading it (TensorRT version, compute capability, profiles, engine size).
 
-Precision: TensorRT 10 builds a weakly typed network with BuilderFlag.FP16/BF16 for fp16/bf16 artifacts and pins to
-fp32 every layer that the (already mixed-precision) ONNX graph computes in fp32; TensorRT 11 has no such flags and
-always builds a strongly typed network, so the types come from the ONNX graph alone (gpu-apis.md 1.1, 1.3).
+Precision: the ONNX graph is mixed precision by construction (fp16/bf16 matmul weights; norms, residual stream,
+softmax and score heads in fp32), so every build is strongly typed by default, on TensorRT 10 as on 11: each tensor
+keeps the type the graph gives it. TensorRT 10 can still build weakly typed (strongly_typed=False: BuilderFlag.FP16/
+BF16 with the layers the graph computes in fp32 pinned to fp32, APIs deprecated since 10.12); TensorRT 11 cannot.
 
-NOT RUN IN CI: no GPU here. plan_profiles, the options and the manifest recording are pure Python and tested on CPU;
-the TensorRT calls follow /work/shared/reference/gpu-apis.md section 1 and are checked by the trt-marked tests and
-benchmarks/gpu_check.py on a GPU machine.
+NOT RUN ON A GPU YET. plan_profiles, the options, the typing choice and the manifest recording are pure Python and
+tested on CPU; the TensorRT calls are checked by the trt-marked tests and benchmarks/gpu_check.py on a GPU machine.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from typing import Any
 from rerank_runtime._deps import require
 from rerank_runtime.cudart import CudaRuntime, DeviceInfo
 from rerank_runtime.errors import ArtifactError, EngineError, ManifestMismatchError, UnsupportedRequestError
-from rerank_runtime.trt_backend import ENGINE_FILE, Profile, Shape, capturing_logger
+from rerank_runtime.providers import DEFAULT_MAX_BATCH
+from rerank_runtime.trt_engine import ENGINE_FILE, Profile, Shape, check_tensorrt_version, logged, trt_logger
 
 MANIFEST = "manifest.json"
 TIMING_CACHE = "timing.cache"
@@ -42,14 +43,14 @@ _MONITOR_DEPTH = 2  # nested builder phases deeper than this are not reported
 
 @dataclass(frozen=True)
 class EngineOptions:
-    max_batch_size: int = 32
+    max_batch_size: int = DEFAULT_MAX_BATCH  # FlagEmbedding's default batch_size, so default calls fit the engine
     opt_batch_size: int | None = None  # the batch TensorRT tunes kernels for; None: max_batch_size
     max_length: int | None = None  # None: the manifest's max_sequence_length
     length_buckets: tuple[int, ...] | None = None  # bucket upper bounds; None: 64, 128, 256, ... then max_length
     workspace_bytes: int | None = None  # None: TensorRT's default (all device memory)
     timing_cache: Path | None = None  # None: <export_dir>/timing.cache, reused across builds
     builder_optimization_level: int = 3  # 0..5
-    strongly_typed: bool | None = None  # None: weak typing + flags on TensorRT 10, strong on 11 (always)
+    strongly_typed: bool = True  # False: TensorRT 10 weak typing (deprecated there since 10.12; 11 refuses it)
     tf32: bool = False  # TensorRT enables TF32 by default; off keeps fp32 artifacts at fp32 accuracy
     device_id: int = 0
     overwrite: bool = False
@@ -72,6 +73,8 @@ class EngineOptions:
             raise bad("builder_optimization_level", "an int in 0..5")
         if self.device_id < 0:
             raise bad("device_id", "a CUDA device index >= 0")
+        if not isinstance(self.strongly_typed, bool):
+            raise bad("strongly_typed", "True (the default) or False (TensorRT 10 weak typing)")
 
 
 def length_buckets(max_length: int, buckets: tuple[int, ...] | None = None) -> list[int]:
@@ -187,8 +190,8 @@ def atomic_write(path: Path, data: bytes | memoryview) -> None:
 def read_manifest(export_dir: Path) -> dict[str, Any]:
     path = export_dir / MANIFEST
     if not path.is_file():
-        raise ArtifactError(f"{export_dir} has no {MANIFEST}: not an export directory; create one with "
-                            "rerank-export onnx first")
+        raise ArtifactError(f"{export_dir} has no {MANIFEST}: not an export directory; create one first with "
+                            f"rerank-export --model <checkpoint> --output {export_dir}")
     try:
         return dict(json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -261,7 +264,7 @@ def _build(trt: ModuleType, onnx_path: Path, manifest: Mapping[str, Any], option
            profiles: list[Profile], strongly_typed: bool, cache_path: Path,
            clock: _Clock) -> tuple[memoryview, str, bool, float]:
     """Parse, configure, build; writes the timing cache. Returns (plan bytes, precision handling, cache reused, s)."""
-    logger = capturing_logger(trt)
+    logger = trt_logger(trt)
     builder, network, _parser = _parse(trt, logger, onnx_path, strongly_typed, manifest)
     clock.report(f"parsed {onnx_path.name}: {network.num_layers} layers")
     config, handling = _configure(trt, builder, network, str(manifest["precision"]), strongly_typed, options,
@@ -272,10 +275,11 @@ def _build(trt: ModuleType, onnx_path: Path, manifest: Mapping[str, Any], option
         config.progress_monitor = monitor
     clock.report(f"building ({handling})")
     started = clock.elapsed()
-    plan = builder.build_serialized_network(network, config)
+    with logger.capture() as errors:
+        plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise EngineError(f"TensorRT could not build an engine from {onnx_path}: "
-                          + ("; ".join(logger.errors) or "no error was logged"))
+                          + logged(errors, "no error was logged"))
     seconds = round(clock.elapsed() - started, 1)
     clock.report(f"built in {seconds} s")
     atomic_write(cache_path, memoryview(config.get_timing_cache().serialize()).cast("B"))
@@ -284,18 +288,17 @@ def _build(trt: ModuleType, onnx_path: Path, manifest: Mapping[str, Any], option
 
 def _typing(trt: ModuleType, precision: str, options: EngineOptions, device: DeviceInfo) -> bool:
     """Whether to build a strongly typed network; refuses what this TensorRT or GPU cannot do."""
-    major = int(trt.__version__.split(".")[0])
-    if major < 10:
-        raise EngineError(f"TensorRT {trt.__version__} is too old: engines need TensorRT 10 or 11 "
-                          "(pip install 'bge-rerank-fast[gpu]')")
+    major, _ = check_tensorrt_version(trt)
     if precision not in ("fp32", "fp16", "bf16"):
         raise EngineError(f"precision {precision!r} in manifest.json: engines are built for fp32, fp16 or bf16")
     if precision == "bf16" and device.major < 8:
         raise EngineError(f"bf16 artifact but {device.name} has compute capability {device.compute_capability}; "
                           "bf16 needs 8.0+ (Ampere or newer): export an fp16 or fp32 artifact for this GPU")
-    if major >= 11 and options.strongly_typed is False:
-        raise EngineError("strongly_typed=False needs TensorRT 10: TensorRT 11 networks are always strongly typed")
-    return True if major >= 11 else bool(options.strongly_typed)
+    if major >= 11 and not options.strongly_typed:
+        raise EngineError(f"strongly_typed=False (weak typing) needs TensorRT 10, but this is TensorRT "
+                          f"{trt.__version__}, whose networks are always strongly typed; keep the default "
+                          "strongly_typed=True")
+    return options.strongly_typed
 
 
 def _parser_error(err: Any) -> str:
@@ -304,12 +307,14 @@ def _parser_error(err: Any) -> str:
 
 def _parse(trt: ModuleType, logger: Any, onnx_path: Path, strongly_typed: bool,
            manifest: Mapping[str, Any]) -> tuple[Any, Any, Any]:
-    try:
-        builder = trt.Builder(logger)  # TypeError on a machine without a usable CUDA device [3p]
-    except TypeError as exc:
-        raise EngineError(f"TensorRT could not create a builder ({exc}; {'; '.join(logger.errors)}); "
-                          "is an NVIDIA GPU visible to this process?") from exc
-    major = int(trt.__version__.split(".")[0])
+    with logger.capture() as errors:
+        try:
+            builder = trt.Builder(logger)  # TypeError on a machine without a usable CUDA device
+        except TypeError as exc:
+            raise EngineError(f"TensorRT could not create a builder ({exc}; {logged(errors, 'no message')}); "
+                              "is an NVIDIA GPU visible to this process?") from exc
+    major, _ = check_tensorrt_version(trt)
+    # TensorRT 10: strong typing is a creation flag; TensorRT 11: always strongly typed (the flag is ignored)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed and major == 10 else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)

@@ -8,19 +8,29 @@ from types import ModuleType
 from .errors import MissingDependencyError
 
 DIST = "bge-rerank-fast"
+# The package is not on the package index: extras are installed from a clone of the repository.
+FROM_CLONE = f"from a clone of the {DIST} repository (the package is not on the package index)"
 
-# import name -> (what it is for, the extra that installs it)
-_EXTRAS = {
-    "onnxruntime": ("running ONNX artifacts", "cpu] or [gpu"),
-    "torch": ("exporting and the PyTorch reference", "export"),
-    "transformers": ("converting tokenizers without tokenizer.json", "export"),
-    "onnx": ("exporting", "export"),
-    "onnxscript": ("exporting", "export"),
-    "safetensors": ("loading checkpoints", "export"),
-    "tensorrt": ("TensorRT engines", "gpu"),
-    "cuda": ("TensorRT engines (cuda-python)", "gpu"),
-    "matplotlib": ("benchmark charts", "bench"),
+# import name -> (what it is for, the extras that bring it, a note)
+_EXTRAS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "onnxruntime": ("running ONNX artifacts", ("cpu", "cuda"),
+                    "; [cpu] brings onnxruntime, [cuda] onnxruntime-gpu: install one, never both"),
+    "torch": ("exporting and the PyTorch reference", ("export",), ""),
+    "transformers": ("converting tokenizers without tokenizer.json", ("export",), ""),
+    "onnx": ("exporting", ("export",), ""),
+    "onnxscript": ("exporting", ("export",), ""),
+    "safetensors": ("loading checkpoints", ("export",), ""),
+    "tensorrt": ("native TensorRT engines", ("trt",),
+                 "; the TensorRT packages on the index are stubs whose libraries come from NVIDIA's own index "
+                 "(pypi.nvidia.com) at install time, so that index must be reachable"),
+    "cuda": ("native TensorRT engines (cuda-bindings)", ("trt",), ""),
+    "matplotlib": ("benchmark charts", ("bench",), ""),
 }
+
+
+def install_hint(*extras: str) -> str:
+    """The command that installs these extras, said once for every message that needs it."""
+    return f"pip install '.[{','.join(extras)}]' {FROM_CLONE}"
 
 
 def require(module: str) -> ModuleType:
@@ -29,8 +39,8 @@ def require(module: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         top = module.split(".")[0]
-        purpose, extra = _EXTRAS.get(top, ("this feature", "export"))
+        purpose, extras, note = _EXTRAS.get(top, ("this feature", ("export",), ""))
+        commands = " or ".join(install_hint(extra) for extra in extras)
         raise MissingDependencyError(
-            f"{module} is required for {purpose} but is not installed ({exc}); "
-            f"install it with: pip install '{DIST}[{extra}]'"
+            f"{module} is required for {purpose} but is not installed ({exc}); install it with: {commands}{note}"
         ) from exc

@@ -1,12 +1,14 @@
-"""A thin wrapper over cuda-python's runtime API (`cuda.bindings.runtime`): what the TensorRT backend needs.
+"""The CUDA layer without torch: the device count (driver API through ctypes) and a thin wrapper over cuda-python's
+runtime API (`cuda.bindings.runtime`), which the TensorRT backend needs.
 
-Error checking (every failing call raises EngineError with the CUDA error name), device facts, device and pinned
-host memory, async copies, streams and CUDA graph capture. No torch, ever.
+`visible_cuda_devices` is the one device count of the package: it needs only the NVIDIA driver, so the ONNX Runtime
+providers can use it without cuda-bindings. `CudaRuntime` adds error checking (every failing call raises EngineError
+with the CUDA error name), device facts, device and pinned host memory, async copies, non-blocking streams, events
+and CUDA graph capture.
 
-NOT RUN IN CI: this machine has no GPU and cuda-python is not installed here. Every name follows
-/work/shared/reference/gpu-apis.md section 2 (cuda-bindings >= 12.6, where `cuda.bindings` exists; 13.x needs a
-CUDA 13 driver). The error translation is tested on CPU with a fake module; the rest needs a GPU check
-(tests/test_tensorrt.py, marked trt, and benchmarks/gpu_check.py).
+Names follow cuda-bindings >= 12.6 (where `cuda.bindings` exists; 13.x needs a CUDA 13 driver, r580+). On CPU the
+plumbing is tested against a fake runtime module (tests/fake_cuda.py); the gpu-marked tests in tests/test_gpu_cudart.py
+run it against the real cuda.bindings.
 """
 
 from __future__ import annotations
@@ -19,7 +21,34 @@ from typing import Any
 import numpy as np
 
 from ._deps import require
-from .errors import EngineError
+from .errors import EngineError, ProviderUnavailableError
+
+_CUDA_ERROR_NO_DEVICE = 100  # CUresult when the driver sees no device (e.g. CUDA_VISIBLE_DEVICES="")
+
+
+def visible_cuda_devices() -> int:
+    """Number of CUDA devices the driver shows this process (honours CUDA_VISIBLE_DEVICES), without torch.
+
+    The driver API through ctypes (cuInit, cuDeviceGetCount): it needs the NVIDIA driver only, not cuda-bindings.
+    """
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError as exc:
+        raise ProviderUnavailableError(
+            f"no NVIDIA driver found (libcuda.so.1 could not be loaded: {exc}); install the NVIDIA driver, "
+            "or run on the CPU with provider='cpu', devices='cpu'"
+        ) from exc
+    rc = lib.cuInit(0)
+    if rc == _CUDA_ERROR_NO_DEVICE:
+        return 0
+    if rc != 0:
+        raise ProviderUnavailableError(f"the NVIDIA driver failed to initialise (cuInit returned CUresult {rc}); "
+                                       "check `nvidia-smi`")
+    count = ctypes.c_int(0)
+    rc = lib.cuDeviceGetCount(ctypes.byref(count))
+    if rc != 0:
+        raise ProviderUnavailableError(f"cuDeviceGetCount failed with CUresult {rc}; check `nvidia-smi`")
+    return count.value
 
 
 @dataclass(frozen=True)
@@ -71,18 +100,20 @@ class CudaRuntime:
     def set_device(self, index: int) -> None:
         self._call("cudaSetDevice", index)
 
-    def device_count(self) -> int:
-        return int(self._call("cudaGetDeviceCount"))
-
     def device_info(self, index: int) -> DeviceInfo:
-        count = self.device_count()
+        count = visible_cuda_devices()
         if not 0 <= index < count:
             raise EngineError(f"CUDA device {index} requested but {count} device(s) are visible; pick 0..{count - 1}")
         props = self._call("cudaGetDeviceProperties", index)
         return DeviceInfo(index, _text(props.name), int(props.major), int(props.minor))
 
     def driver_version(self) -> int:
+        """The CUDA version the driver supports, as 1000 * major + 10 * minor (13000 is CUDA 13.0)."""
         return int(self._call("cudaDriverGetVersion"))
+
+    def runtime_version(self) -> int:
+        """The CUDA runtime cuda-bindings was built with, same encoding as driver_version."""
+        return int(self._call("cudaRuntimeGetVersion"))
 
     # memory ----------------------------------------------------------------------------------------------------
     def malloc(self, nbytes: int) -> int:
@@ -107,7 +138,9 @@ class CudaRuntime:
 
     # streams ---------------------------------------------------------------------------------------------------
     def stream_create(self) -> Any:
-        return self._call("cudaStreamCreate")
+        """A non-blocking stream: no implicit synchronisation with the legacy default stream, so work that another
+        library puts on stream 0 in this process can neither stall it nor invalidate a graph capture on it."""
+        return self._call("cudaStreamCreateWithFlags", self._rt.cudaStreamNonBlocking)
 
     def stream_destroy(self, stream: Any) -> None:
         self._call("cudaStreamDestroy", stream)
@@ -124,12 +157,32 @@ class CudaRuntime:
             return int(obj)
         return int(get_cuda_native_handle(obj))
 
-    # CUDA graphs (gpu-apis.md 2.4) ---------------------------------------------------------------------------
+    # events (timing) -----------------------------------------------------------------------------------------
+    def event_create(self) -> Any:
+        return self._call("cudaEventCreate")
+
+    def event_record(self, event: Any, stream: Any) -> None:
+        """stream: a stream object, or the address of one (torch's, ONNX Runtime's user_compute_stream)."""
+        if isinstance(stream, int):
+            stream = self._rt.cudaStream_t(stream)
+        self._call("cudaEventRecord", event, stream)
+
+    def elapsed_ms(self, start: Any, end: Any) -> float:
+        """Milliseconds between two recorded events; waits for `end` first."""
+        self._call("cudaEventSynchronize", end)
+        return float(self._call("cudaEventElapsedTime", start, end))
+
+    def event_destroy(self, event: Any) -> None:
+        self._call("cudaEventDestroy", event)
+
+    # CUDA graphs -----------------------------------------------------------------------------------------------
     def begin_capture(self, stream: Any) -> None:
         mode = self._rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal  # trtexec's choice
         self._call("cudaStreamBeginCapture", stream, mode)
 
     def end_capture(self, stream: Any) -> Any:
+        """End a capture and return the graph. An invalidated capture raises EngineError, but the stream has left
+        capture mode either way, so it stays usable after clear_error()."""
         return self._call("cudaStreamEndCapture", stream)
 
     def instantiate(self, graph: Any) -> Any:

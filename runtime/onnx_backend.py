@@ -1,7 +1,13 @@
-"""Run an exported graph with ONNX Runtime: one InferenceSession per placement, verified, round-robin."""
+"""Run an exported graph with ONNX Runtime: one InferenceSession per placement, verified, round-robin.
+
+A CUDA or TensorRT session is verified at load twice: ONNX Runtime must not have fallen back to another provider
+(session.get_providers()), and one profiled probe batch must show no node computing data on the CPU and, for
+TensorRT, the graph taken as one TensorRT subgraph (placement.py). The CUDA paths have not run on a GPU yet.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 from collections.abc import Sequence
@@ -14,8 +20,11 @@ from ._deps import require
 from .compression import pass_through_stages, served_stages
 from .errors import ArtifactError, ManifestMismatchError, ProviderUnavailableError, UnsupportedRequestError
 from .manifest import Manifest
+from .placement import NodePlacement, check_placement, profiled_placement
 from .providers import Placement
 from .spec import GraphRequest
+
+_PROBE_LENGTH = 16  # tokens of the probe batch that checks placement (covered by every profile: min length 1)
 
 # manifest dtype -> numpy dtype for feeds (bfloat16 has no numpy dtype: such inputs cannot be fed from the host)
 _NUMPY = {"int64": np.int64, "int32": np.int32, "float32": np.float32, "float16": np.float16,
@@ -44,6 +53,7 @@ class OnnxBackend:
         self.export_dir = Path(export_dir)
         self.manifest = manifest
         self.placements = tuple(placements)
+        self.node_placements: list[NodePlacement | None] = []  # per session; None on the CPU (nothing to check)
         self._sessions = [self._build(p, session_options) for p in self.placements]
         self.concurrency = len(self._sessions)
         self._lock = threading.Lock()
@@ -61,7 +71,18 @@ class OnnxBackend:
         options = session_options if session_options is not None else self._default_options(ort, placement)
         if placement.provider == "tensorrt":
             self._make_trt_cache(placement)
+            _preload_tensorrt_libs()
         model = self.export_dir / self.manifest.graph.file
+        if not placement.on_gpu:
+            self.node_placements.append(None)
+            return self._open(ort, model, options, placement)
+        session, found = profiled_placement(lambda o: self._open(ort, model, o, placement), options,
+                                            lambda s: self._probe(s, placement))
+        check_placement(found, placement.provider, f"the ONNX Runtime session for {model} on {placement.device}")
+        self.node_placements.append(found)
+        return session
+
+    def _open(self, ort: Any, model: Path, options: Any, placement: Placement) -> Any:
         try:
             session = ort.InferenceSession(str(model), sess_options=options,
                                            providers=[(n, dict(o)) for n, o in placement.ort_providers])
@@ -76,6 +97,13 @@ class OnnxBackend:
             )
         self.manifest.validate_against(session, where=str(model))
         return session
+
+    def _probe(self, session: Any, placement: Placement) -> None:
+        """One small batch of pad tokens through the session, every output bound (it only has to run)."""
+        length = min(_PROBE_LENGTH, self.manifest.max_sequence_length)
+        ids = np.full((1, length), self.manifest.spec.pad_token_id, dtype=np.int64)
+        feeds = self._inputs({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        run_bound(session, feeds, list(self.manifest.exit_names()), "cuda", placement.device_id)
 
     def _default_options(self, ort: Any, placement: Placement) -> Any:
         so = ort.SessionOptions()
@@ -162,7 +190,7 @@ class OnnxBackend:
 
 def run_bound(session: Any, inputs: dict[str, np.ndarray], outputs: list[str], device: str, device_id: int
               ) -> list[np.ndarray]:
-    """Run through an IOBinding (gpu-apis.md 3.2): inputs copied to `device` from numpy, outputs bound to the CPU.
+    """Run through an IOBinding: inputs copied to `device` from numpy, outputs bound to the CPU.
 
     One IOBinding per call, so concurrent calls never share one. The CUDA path is UNVERIFIED on a GPU here; the same
     code runs with device="cpu" in the tests.
@@ -175,6 +203,16 @@ def run_bound(session: Any, inputs: dict[str, np.ndarray], outputs: list[str], d
         io.bind_output(name, "cpu")
     session.run_with_iobinding(io)
     return list(io.copy_outputs_to_cpu())
+
+
+def _preload_tensorrt_libs() -> None:
+    """Load the TensorRT libraries of the tensorrt-cu13-libs wheel ([cuda] extra) so that ONNX Runtime's TensorRT
+    provider finds libnvinfer.so.10 in site-packages; the package's import does that (TensorRT's own Python bindings
+    rely on it). Without the wheel, the libraries must be on the loader's path, or the session build says so."""
+    try:
+        importlib.import_module("tensorrt_libs")
+    except ImportError:
+        pass
 
 
 def _effective(ratio: int, layers: Sequence[int]) -> tuple[int, tuple[int, ...]]:

@@ -11,13 +11,12 @@ Providers:
                arrangement, in which TensorRT takes the subgraphs it supports and the CUDA EP runs the rest.
   "trt-engine" a native TensorRT engine run by rerank_runtime.trt_backend (no ONNX Runtime involved).
 
-GPU-only paths (CUDA/TensorRT option names and values) follow gpu-apis.md sections 3 and 4 but could not be run where
-this was written (no GPU): they are marked UNVERIFIED below.
+GPU-only paths (CUDA/TensorRT option names and values) follow ONNX Runtime's provider option parsers but have not
+run on a GPU yet: they are marked UNVERIFIED below.
 """
 
 from __future__ import annotations
 
-import ctypes
 import numbers
 import os
 from collections.abc import Mapping, Sequence
@@ -25,16 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from ._deps import DIST, require
+from ._deps import install_hint, require
+from .cudart import visible_cuda_devices
 from .errors import ProviderUnavailableError
 from .manifest import Manifest
 
 PROVIDERS = ("cpu", "cuda", "tensorrt", "trt-engine")
 ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
-DEFAULT_MAX_BATCH = 128  # FlagEmbedding's default batch_size; the TensorRT profile's largest batch
+# FlagEmbedding's default batch_size, hence the largest batch of every TensorRT profile by default: ONNX Runtime's
+# TensorRT provider here, native engines in rerank_export.tensorrt_build (EngineOptions, --max-batch-size).
+DEFAULT_MAX_BATCH = 128
 DEFAULT_OPT_SEQUENCE = 256
 TRT_CACHE_DIR = "trt_cache"
-GPU_HINT = f"install the GPU flavour instead of the CPU one: pip uninstall onnxruntime && pip install '{DIST}[gpu]'"
+GPU_HINT = f"install the GPU flavour instead of the CPU one: pip uninstall onnxruntime, then {install_hint('cuda')}"
 
 DeviceArg = Union[str, int, Sequence[Union[str, int]], None]
 ProviderList = tuple[tuple[str, dict[str, str]], ...]
@@ -78,12 +80,8 @@ def resolve(
     """
     if provider is not None and provider not in PROVIDERS:
         raise ProviderUnavailableError(f"unknown provider {provider!r}; expected one of {list(PROVIDERS)} or None")
-    names = _device_list(devices, gpu_default=provider not in (None, "cpu"))
+    names = device_names(devices, gpu_default=provider not in (None, "cpu"))
     kinds = {"cpu" if d == "cpu" else "cuda" for d in names}
-    if len(kinds) > 1:
-        raise ProviderUnavailableError(
-            f"devices {names} mix the CPU and CUDA devices; give only 'cpu' entries or only CUDA ones"
-        )
     chosen = provider or ("cpu" if kinds == {"cpu"} else "cuda")
     if chosen == "cpu" and kinds != {"cpu"}:
         raise ProviderUnavailableError(
@@ -114,40 +112,23 @@ def check_available(provider: str) -> None:
         )
 
 
-def visible_cuda_devices() -> int:
-    """Number of CUDA devices the driver shows this process (honours CUDA_VISIBLE_DEVICES), without torch.
-
-    Uses the driver API through ctypes (cuInit, cuDeviceGetCount). UNVERIFIED on a GPU machine.
-    """
-    try:
-        lib = ctypes.CDLL("libcuda.so.1")
-    except OSError as exc:
-        raise ProviderUnavailableError(
-            f"no NVIDIA driver found (libcuda.so.1 could not be loaded: {exc}); install the NVIDIA driver, "
-            "or run on the CPU with provider='cpu', devices='cpu'"
-        ) from exc
-    rc = lib.cuInit(0)
-    if rc == 100:  # CUDA_ERROR_NO_DEVICE, e.g. CUDA_VISIBLE_DEVICES=""
-        return 0
-    if rc != 0:
-        raise ProviderUnavailableError(f"the NVIDIA driver failed to initialise (cuInit returned CUresult {rc})")
-    count = ctypes.c_int(0)
-    rc = lib.cuDeviceGetCount(ctypes.byref(count))
-    if rc != 0:
-        raise ProviderUnavailableError(f"cuDeviceGetCount failed with CUresult {rc}")
-    return count.value
-
-
 # --- devices ---------------------------------------------------------------------------------------------------------
 
 
-def _device_list(devices: DeviceArg, gpu_default: bool) -> list[str]:
+def device_names(devices: DeviceArg, gpu_default: bool = False) -> list[str]:
+    """FlagEmbedding's `devices` as a list of "cpu" / "cuda:N" names (None: ["cpu"], or ["cuda:0"] with gpu_default);
+    anything else raises ProviderUnavailableError naming what is accepted."""
     if devices is None:
         return ["cuda:0" if gpu_default else "cpu"]
     items: list[object] = [devices] if isinstance(devices, (str, numbers.Integral)) else list(devices)
     if not items:
         raise ProviderUnavailableError("devices is an empty list; pass 'cpu', 'cuda:N', an index, or a list of those")
-    return [_device_name(d) for d in items]
+    names = [_device_name(d) for d in items]
+    if "cpu" in names and any(n != "cpu" for n in names):
+        raise ProviderUnavailableError(
+            f"devices {names} mix the CPU and CUDA devices; give only 'cpu' entries or only CUDA ones"
+        )
+    return names
 
 
 def _device_name(d: object) -> str:
@@ -216,7 +197,7 @@ def _placement(
 
 
 def cuda_options(device_id: int) -> dict[str, str]:
-    """CUDA EP options (names from gpu-apis.md 3.1; UNVERIFIED on a GPU)."""
+    """CUDA EP options (names from ONNX Runtime's CUDA provider options; UNVERIFIED on a GPU)."""
     return {
         "device_id": str(device_id),
         # grow the arena by what is asked, not to the next power of two: batches change shape on every call
@@ -229,12 +210,12 @@ def cuda_options(device_id: int) -> dict[str, str]:
 
 
 def tensorrt_options(device_id: int, manifest: Manifest, cache_dir: Path) -> dict[str, str]:
-    """TensorRT EP options (names from gpu-apis.md 4.1; UNVERIFIED on a GPU).
+    """TensorRT EP options (names from ONNX Runtime's TensorRT provider options; UNVERIFIED on a GPU).
 
     trt_fp16_enable stays off (and trt_bf16_enable is left unset, as older ORT builds reject the key): those flags
     are TensorRT "weak typing" switches that let the builder pick fp16 for any layer, which would undo the fp32
     islands (norms, softmax, residual adds) that a mixed-precision artifact keeps on purpose. The precision comes
-    from the types in the ONNX graph, as gpu-apis.md 5.3 advises.
+    from the types in the ONNX graph.
     """
     lo, opt, hi = profile_shapes(manifest)
     return {
@@ -266,7 +247,7 @@ def profile_shapes(manifest: Manifest) -> tuple[str, str, str]:
         opt = (max_b, min(DEFAULT_OPT_SEQUENCE, max_s))
         groups = [{t.name: tuple(_dims(t.shape, b, s) for b, s in ((1, 1), opt, (max_b, max_s))) for t in dynamic}]
 
-    def level(k: int) -> str:  # repeating the names declares the next profile (gpu-apis.md 4.1)
+    def level(k: int) -> str:  # repeating the names declares the next profile
         return ",".join(f"{name}:{'x'.join(map(str, shapes[k]))}" for g in groups for name, shapes in g.items())
 
     return level(0), level(1), level(2)

@@ -1,168 +1,60 @@
 """Runs an export directory's native TensorRT engine (`model.engine`, built by `rerank-export engine <dir>`).
 
-`TensorRTBackend` implements spec.Backend. The pure parts (profiles recorded in the manifest, the version/GPU check,
-profile selection, request checks) run and are tested on CPU. NOT RUN IN CI: everything that touches TensorRT or
-CUDA, written from /work/shared/reference/gpu-apis.md sections 1.5, 1.6, 2.3 and 2.4 without a GPU; the trt-marked
-tests in tests/test_tensorrt.py and benchmarks/gpu_check.py are the checks to run on one.
+`TensorRTBackend` implements spec.Backend. The pure parts (the manifest's engine record, profile selection, request
+checks: trt_engine.py) run and are tested on CPU, and so does the whole run/capture/replay plumbing here, against fake
+`tensorrt` and `cuda.bindings.runtime` modules (tests/fake_cuda.py). Against real CUDA it is checked by the gpu-marked
+tests (tests/test_gpu_trt_fake.py: real cuda-bindings, a fake TensorRT whose enqueue launches a CuPy kernel); against
+real TensorRT by the trt-marked tests and benchmarks/gpu_check.py. None of those has run on a GPU yet.
 """
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ._deps import require
+from .compression import pass_through_stages
 from .cudart import CudaRuntime, DeviceBuffer, PinnedBuffer
-from .compression import pass_through_stages, served_stages
 from .errors import ArtifactError, EngineError, ManifestMismatchError, UnsupportedRequestError
 from .spec import GraphRequest
+from .trt_engine import (ENGINE_FILE, MIN_TENSORRT, Profile, Shape, check_engine_compatibility, check_request,
+                         check_tensorrt_version, engine_section, logged, profiles_from_section, rebuild_command,
+                         select_profile, trt_logger)
 
-ENGINE_FILE = "model.engine"
-Shape = tuple[int, ...]
-_SECTION_KEYS = ("tensorrt_version", "compute_capability", "gpu_name", "engine_file", "engine_bytes", "profiles")
-
-
-@dataclass(frozen=True)
-class Profile:
-    """One optimisation profile: rows 1..max_batch_size, padded lengths min_length..max_length (one bucket)."""
-
-    index: int
-    min_length: int
-    max_length: int
-    max_batch_size: int
-    shapes: dict[str, tuple[Shape, Shape, Shape]]  # input name -> (min, opt, max)
-
-    def fits(self, batch: int, length: int) -> bool:
-        return 1 <= batch <= self.max_batch_size and self.min_length <= length <= self.max_length
-
-    def to_dict(self) -> dict[str, Any]:
-        shapes = {n: {"min": list(lo), "opt": list(opt), "max": list(hi)} for n, (lo, opt, hi) in self.shapes.items()}
-        return {"index": self.index, "min_length": self.min_length, "max_length": self.max_length,
-                "max_batch_size": self.max_batch_size, "shapes": shapes}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Profile:
-        shapes = {n: (tuple(s["min"]), tuple(s["opt"]), tuple(s["max"])) for n, s in d["shapes"].items()}
-        return cls(int(d["index"]), int(d["min_length"]), int(d["max_length"]), int(d["max_batch_size"]), shapes)
+__all__ = ["ENGINE_FILE", "MIN_TENSORRT", "Profile", "Shape", "TensorRTBackend", "check_engine_compatibility",
+           "check_request", "check_tensorrt_version", "engine_section", "profiles_from_section", "rebuild_command",
+           "select_profile", "trt_logger"]
 
 
-def rebuild_command(export_dir: Path | str, extra: str = "") -> str:
-    return f"rerank-export engine {export_dir} --overwrite{extra}"
-
-
-def engine_section(manifest: Mapping[str, Any], export_dir: Path | str) -> dict[str, Any]:
-    """The manifest's "tensorrt" section, checked for the keys the runtime reads."""
-    section = manifest.get("tensorrt")
-    if not section:
-        raise EngineError(f"{export_dir} has no TensorRT engine (manifest.json 'tensorrt' is null); build one on the "
-                          f"GPU that will run it: rerank-export engine {export_dir}")
-    missing = [k for k in _SECTION_KEYS if k not in section]
-    if missing:
-        raise ArtifactError(f"manifest.json in {export_dir}: the 'tensorrt' section lacks {missing} (expected "
-                            f"{list(_SECTION_KEYS)}); rebuild the engine: {rebuild_command(export_dir)}")
-    return dict(section)
-
-
-def profiles_from_section(section: Mapping[str, Any]) -> list[Profile]:
-    return [Profile.from_dict(p) for p in section["profiles"]]
-
-
-def check_engine_compatibility(section: Mapping[str, Any], *, tensorrt_version: str, compute_capability: str,
-                               gpu_name: str, export_dir: Path | str) -> None:
-    """Raise EngineError if the engine was built by another TensorRT version or for another compute capability."""
-    problems = []
-    if str(section["tensorrt_version"]) != tensorrt_version:
-        problems.append(f"it was built with TensorRT {section['tensorrt_version']} but this process runs TensorRT "
-                        f"{tensorrt_version} (an engine loads only on the TensorRT version that built it)")
-    if str(section["compute_capability"]) != compute_capability:
-        problems.append(f"it was built for compute capability {section['compute_capability']} "
-                        f"({section['gpu_name']}) but this GPU is {compute_capability} ({gpu_name})")
-    if problems:
-        raise EngineError(f"the TensorRT engine in {export_dir} cannot be used here: " + "; ".join(problems)
-                          + f". Rebuild it on this machine: {rebuild_command(export_dir)}")
-
-
-def select_profile(profiles: list[Profile], batch: int, length: int, export_dir: Path | str,
-                   manifest: Mapping[str, Any] | None = None) -> Profile:
-    """The profile of the smallest length bucket that holds a [batch, length] batch."""
-    for profile in sorted(profiles, key=lambda p: p.max_length):
-        if profile.fits(batch, length):
-            return profile
-    max_len, max_batch = max(p.max_length for p in profiles), max(p.max_batch_size for p in profiles)
-    limit = int(manifest["max_sequence_length"]) if manifest else None
-    problems, flags = [], ""
-    if limit is not None and length > limit:
-        exported = manifest.get("max_length") if manifest else None
-        raise UnsupportedRequestError(
-            f"the batch is padded to {length} tokens, beyond the {limit} that the artifact in {export_dir} was "
-            f"exported for (max_length {exported}): pass max_length <= {exported} or re-export with a larger "
-            "--max-length")
-    if length > max_len:
-        problems.append(f"the batch is padded to {length} tokens but the engine's longest profile takes {max_len}")
-        flags += f" --max-length {length}"
-    if batch > max_batch:
-        problems.append(f"the batch has {batch} rows but the engine takes at most {max_batch}")
-        flags += f" --max-batch-size {batch}"
-    if not problems:
-        problems.append(f"no profile covers {batch} rows x {length} tokens (profiles: "
-                        + ", ".join(f"{p.min_length}..{p.max_length} x {p.max_batch_size}" for p in profiles) + ")")
-    raise UnsupportedRequestError("; ".join(problems) + ". Lower batch_size / max_length, or rebuild the engine: "
-                                  + rebuild_command(export_dir, flags))
-
-
-def check_request(manifest: Mapping[str, Any], request: GraphRequest) -> None:
-    """The artifact has every requested output and was exported with the requested compression."""
-    outputs = [o["name"] for o in manifest["graph"]["outputs"]]
-    missing = [n for n in request.output_names if n not in outputs]
-    if missing:
-        heads = ", ".join(f"layer {layer} (head {head})" for layer, head in manifest.get("exits", []))
-        raise UnsupportedRequestError(f"the artifact has no output {missing}; it serves {heads or repr(outputs)}. "
-                                      "Export another artifact with the cutoff layers you need")
-    ratio, layers = int(manifest.get("compress_ratio", 1)), tuple(manifest.get("compress_layers", ()))
-    if (request.compress_ratio, tuple(request.compress_layers)) != served_stages(ratio, layers, request.exits):
-        raise UnsupportedRequestError(
-            f"requested compress_ratio={request.compress_ratio}, compress_layers={list(request.compress_layers)} but "
-            f"the artifact was exported with compress_ratio={ratio}, compress_layers={list(layers)}; pass those, "
-            "or export another artifact with the settings you need")
-
-
-def capturing_logger(trt: ModuleType) -> Any:
-    """A trt.ILogger that prints warnings and errors to stderr and keeps the errors for our messages."""
-
-    class _Logger(trt.ILogger):  # type: ignore[misc, name-defined]
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity: Any, msg: str) -> None:
-            if int(severity) <= int(trt.ILogger.Severity.ERROR):
-                self.errors.append(msg)
-            if int(severity) <= int(trt.ILogger.Severity.WARNING):
-                print(f"[TensorRT] {msg}", file=sys.stderr)
-
-    return _Logger()
+@dataclass
+class _Context:
+    context: Any
+    runtime_config: Any  # TensorRT >= 10.11: the IRuntimeConfig the context was created with, which must outlive it
 
 
 @dataclass
 class _Graph:
-    context: Any
-    scratch: int  # the context's own device memory (USER_MANAGED), sized for the captured shapes
+    context: _Context | None
+    scratch: int  # the context's own device memory (USER_MANAGED), sized for the captured shapes; 0 until allocated
     graph_exec: Any
 
 
 class TensorRTBackend:
-    """spec.Backend over model.engine on one GPU. run() is thread-safe (one lock around the context and stream).
+    """spec.Backend over model.engine on one GPU. run() is thread-safe.
 
     use_cuda_graphs: batches of at most `cuda_graph_max_batch` rows are captured once per (profile, input shapes),
-    each in its own execution context (a graph fixes the context's state), and replayed after that.
+    each in its own execution context (a graph fixes the context's state), and replayed after that; the least recently
+    used graph is dropped beyond `max_cuda_graphs`.
+
+    Invariant: everything that touches the engine (binding, enqueue, capture, replay, the copies) runs under one lock
+    on one non-blocking stream. Several contexts therefore select the same optimisation profile (a profile's plain
+    context and every graph context captured for it), which TensorRT allows only because no two of them ever run at
+    once. A second stream, or a run() outside the lock, would break it.
     """
 
     concurrency = 1
@@ -180,23 +72,25 @@ class TensorRTBackend:
             raise ArtifactError(f"{path}: expected the {section['engine_bytes']}-byte engine that manifest.json "
                                 f"records, found {found}; rebuild it: {rebuild_command(self.export_dir)}")
         self._trt, self._cuda = require("tensorrt"), CudaRuntime()
+        check_tensorrt_version(self._trt)
         device = self._cuda.device_info(device_id)
         check_engine_compatibility(section, tensorrt_version=self._trt.__version__, gpu_name=device.name,
                                    compute_capability=device.compute_capability, export_dir=self.export_dir)
         self._cuda.set_device(device_id)
-        self._logger = capturing_logger(self._trt)
+        self._logger = trt_logger(self._trt)
         self._runtime = self._trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        with self._logger.capture() as errors:
+            self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self._engine is None:  # TensorRT returns None; the reason went to the logger
-            raise EngineError(f"TensorRT could not deserialize {path}: {'; '.join(self._logger.errors) or 'no message'}"
-                              f". Rebuild it on this machine: {rebuild_command(self.export_dir)}")
+            raise EngineError(f"TensorRT could not deserialize {path}: {logged(errors, 'no message')}. Rebuild it on "
+                              f"this machine: {rebuild_command(self.export_dir)}")
         self._dtypes, self._inputs = self._describe_io()
         self._check_engine_profiles()
         self._stream = self._cuda.stream_create()
         self._stream_handle = CudaRuntime.handle(self._stream)
         self._device = {name: DeviceBuffer(self._cuda) for name in self._dtypes}
         self._host = {name: PinnedBuffer(self._cuda) for name in self._dtypes}
-        self._contexts: dict[int, Any] = {}
+        self._contexts: dict[int, _Context] = {}
         self._graphs: OrderedDict[tuple[Any, ...], _Graph] = OrderedDict()
         self._lock = threading.Lock()
         if use_cuda_graphs:  # graphs capture buffer addresses: size them once so that they never move
@@ -223,6 +117,16 @@ class TensorRTBackend:
             self._cuda.set_device(self.device_id)  # the current device is per thread
             outputs = self._execute(profile, arrays, batch)
         return [outputs[name] for name in request.output_names]
+
+    @property
+    def stream_handle(self) -> int:
+        """The address of the stream every enqueue runs on (for CUDA-event timing around run())."""
+        return self._stream_handle
+
+    def captured_shapes(self) -> list[tuple[Any, ...]]:
+        """(profile index, input shapes...) of the CUDA graphs held now, least recently used first."""
+        with self._lock:
+            return list(self._graphs)
 
     def close(self) -> None:
         with self._lock:
@@ -274,22 +178,32 @@ class TensorRTBackend:
                                                 f"min/opt/max {actual}, manifest.json {profile.shapes[name]}")
 
     # execution -----------------------------------------------------------------------------------------------
-    def _new_context(self, index: int, strategy: Any) -> Any:
-        engine = self._engine
-        if hasattr(engine, "create_runtime_config"):  # TensorRT >= 10.11: strategy through IRuntimeConfig
-            config = engine.create_runtime_config()
-            config.set_execution_context_allocation_strategy(strategy)
-            ctx = engine.create_execution_context(runtime_config=config)
-        else:
-            ctx = engine.create_execution_context(strategy=strategy)
+    def _new_context(self, index: int, strategy: Any) -> _Context:
+        engine, config = self._engine, None
+        with self._logger.capture() as errors:
+            if hasattr(engine, "create_runtime_config"):  # TensorRT >= 10.11: strategy through IRuntimeConfig
+                config = engine.create_runtime_config()
+                config.set_execution_context_allocation_strategy(strategy)
+                ctx = engine.create_execution_context(runtime_config=config)
+            else:
+                ctx = engine.create_execution_context(strategy=strategy)
         if ctx is None:
             raise EngineError(f"TensorRT could not create an execution context on GPU {self.device_id} "
-                              f"({'; '.join(self._logger.errors) or 'out of device memory?'})")
-        ctx.set_optimization_profile_async(index, self._stream_handle)  # new contexts start on profile 0
+                              f"({logged(errors, 'no message; out of device memory?')})")
+        context = _Context(ctx, config)  # the config lives as long as the context
+        with self._logger.capture() as errors:
+            try:  # new contexts start on profile 0
+                selected = ctx.set_optimization_profile_async(index, self._stream_handle)
+            except RuntimeError as exc:  # TensorRT's Python binding raises instead of returning False
+                raise EngineError(f"TensorRT refused optimisation profile {index} of {self.export_dir} ({exc}; "
+                                  f"{logged(errors, 'no message')})") from exc
+        if selected is False:
+            raise EngineError(f"TensorRT refused optimisation profile {index} of {self.export_dir}: "
+                              f"{logged(errors, 'no message')}")
         self._cuda.stream_synchronize(self._stream)
-        return ctx
+        return context
 
-    def _context(self, index: int) -> Any:
+    def _context(self, index: int) -> _Context:
         if index not in self._contexts:
             strategy = self._trt.ExecutionContextAllocationStrategy.ON_PROFILE_CHANGE  # memory for its own profile
             self._contexts[index] = self._new_context(index, strategy)
@@ -321,7 +235,7 @@ class TensorRTBackend:
                 if len(self._graphs) > self.max_cuda_graphs:
                     self._drop_graph(self._graphs.popitem(last=False)[1])
         else:
-            ctx = self._context(profile.index)
+            ctx = self._context(profile.index).context
             self._bind(ctx, arrays, batch)
             self._enqueue(ctx)
         outputs = [n for n in self._dtypes if n not in self._inputs]
@@ -332,40 +246,37 @@ class TensorRTBackend:
         return {n: self._host[n].view(self._dtypes[n], batch).astype(np.float32) for n in outputs}
 
     def _bind(self, ctx: Any, arrays: dict[str, np.ndarray], batch: int) -> None:
-        for name, arr in arrays.items():
-            if not ctx.set_input_shape(name, arr.shape):
-                raise EngineError(f"TensorRT rejected shape {arr.shape} for input {name}: "
-                                  f"{'; '.join(self._logger.errors[-3:]) or 'outside the profile'}")
-        for name in self._dtypes:
-            ctx.set_tensor_address(name, self._device[name].ptr)
+        with self._logger.capture() as errors:
+            for name, arr in arrays.items():
+                if not ctx.set_input_shape(name, arr.shape):
+                    raise EngineError(f"TensorRT rejected shape {arr.shape} for input {name}: "
+                                      f"{logged(errors, 'outside the profile')}")
+            for name in self._dtypes:
+                if not ctx.set_tensor_address(name, self._device[name].ptr):
+                    raise EngineError(f"TensorRT rejected the device address of {name} "
+                                      f"({self._device[name].ptr:#x}): {logged(errors, 'no message')}")
         for name in self._dtypes:
             if name not in self._inputs and tuple(ctx.get_tensor_shape(name)) != (batch,):
                 raise EngineError(f"output {name} has shape {tuple(ctx.get_tensor_shape(name))}, expected ({batch},)")
 
     def _enqueue(self, ctx: Any) -> None:
-        if not ctx.execute_async_v3(self._stream_handle):
-            errors = "; ".join(self._logger.errors[-3:]) or "no message"
-            raise EngineError(f"TensorRT execute_async_v3 failed: {errors}")
+        with self._logger.capture() as errors:
+            if not ctx.execute_async_v3(self._stream_handle):
+                raise EngineError(f"TensorRT execute_async_v3 failed: {logged(errors, 'no message')}")
 
     def _capture(self, index: int, arrays: dict[str, np.ndarray], batch: int) -> _Graph:
-        """Own context with memory sized for these shapes; an uncaptured warm-up run, then capture (gpu-apis 2.4)."""
-        ctx = self._new_context(index, self._trt.ExecutionContextAllocationStrategy.USER_MANAGED)
-        self._bind(ctx, arrays, batch)
-        size = int(ctx.update_device_memory_size_for_shapes())
-        scratch = self._cuda.malloc(max(size, 256))
-        ctx.set_device_memory(scratch, size)
-        graph = _Graph(ctx, scratch, None)
+        """A context of its own with memory sized for these shapes, an uncaptured warm-up run (it flushes TensorRT's
+        deferred set-up and computes this batch's outputs), then the capture."""
+        graph = _Graph(self._new_context(index, self._trt.ExecutionContextAllocationStrategy.USER_MANAGED), 0, None)
+        ctx = graph.context.context  # type: ignore[union-attr]
         try:
+            self._bind(ctx, arrays, batch)
+            size = int(ctx.update_device_memory_size_for_shapes())
+            graph.scratch = self._cuda.malloc(max(size, 256))
+            ctx.set_device_memory(graph.scratch, size)
             self._enqueue(ctx)
             self._cuda.stream_synchronize(self._stream)
-            self._cuda.begin_capture(self._stream)
-            captured = ctx.execute_async_v3(self._stream_handle)
-            cuda_graph = self._cuda.end_capture(self._stream)
-            if not captured:
-                self._cuda.graph_destroy(cuda_graph)
-                raise EngineError("execute_async_v3 returned False while capturing")
-            graph.graph_exec = self._cuda.instantiate(cuda_graph)
-            self._cuda.graph_destroy(cuda_graph)
+            graph.graph_exec = self._record(ctx)
         except EngineError as exc:
             self._cuda.clear_error()
             self._drop_graph(graph)
@@ -373,8 +284,25 @@ class TensorRTBackend:
                               "create the backend with use_cuda_graphs=False") from exc
         return graph
 
+    def _record(self, ctx: Any) -> Any:
+        """Capture one enqueue on the stream and instantiate it. The capture always ends, so that a failure leaves
+        the stream out of capture mode and usable."""
+        self._cuda.begin_capture(self._stream)
+        with self._logger.capture() as errors:
+            try:
+                captured = ctx.execute_async_v3(self._stream_handle)
+            finally:
+                cuda_graph = self._cuda.end_capture(self._stream)
+        try:
+            if not captured:
+                raise EngineError(f"execute_async_v3 returned False while capturing: {logged(errors, 'no message')}")
+            return self._cuda.instantiate(cuda_graph)
+        finally:
+            self._cuda.graph_destroy(cuda_graph)
+
     def _drop_graph(self, graph: _Graph) -> None:
         if graph.graph_exec is not None:
             self._cuda.graph_exec_destroy(graph.graph_exec)
-        graph.context = None
-        self._cuda.free(graph.scratch)
+        graph.context = None  # the context goes before the memory it was given
+        if graph.scratch:
+            self._cuda.free(graph.scratch)

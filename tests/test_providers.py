@@ -9,7 +9,7 @@ from typing import Any
 import onnxruntime as ort
 import pytest
 
-from rerank_runtime import providers
+from rerank_runtime import cudart, providers
 from rerank_runtime.errors import ProviderUnavailableError
 from rerank_runtime.manifest import GraphInfo, Manifest, TensorSpec
 from rerank_runtime.providers import Placement, profile_shapes, resolve
@@ -61,7 +61,7 @@ def test_gpu_provider_missing_names_the_available_ones(provider: str | None, dev
         resolve(provider, devices, manifest=manifest(), export_dir="/x")
     message = str(err.value)
     assert "CUDAExecutionProvider" in message and "CPUExecutionProvider" in message
-    assert "pip install 'bge-rerank-fast[gpu]'" in message
+    assert "pip uninstall onnxruntime, then pip install '.[cuda]' from a clone of the bge-rerank-fast" in message
 
 
 @pytest.mark.parametrize(
@@ -148,8 +148,17 @@ def test_trt_engine_has_no_ort_providers(gpu_host: None) -> None:
 
 
 def test_visible_cuda_devices_without_a_driver() -> None:
+    assert providers.visible_cuda_devices is cudart.visible_cuda_devices  # one device count in the package
     if ctypes.util.find_library("cuda"):
         assert providers.visible_cuda_devices() >= 0
     else:
         with pytest.raises(ProviderUnavailableError, match="libcuda.so.1"):
             providers.visible_cuda_devices()
+
+
+@pytest.mark.parametrize("devices,expected", [
+    (None, ["cpu"]), ("CUDA", ["cuda:0"]), (3, ["cuda:3"]), (["cuda:1", 0], ["cuda:1", "cuda:0"]),
+    (["cpu"] * 2, ["cpu"] * 2)])
+def test_device_names(devices: Any, expected: list[str]) -> None:
+    assert providers.device_names(devices) == expected
+    assert providers.device_names(None, gpu_default=True) == ["cuda:0"]

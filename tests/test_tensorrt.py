@@ -1,8 +1,8 @@
 """Native TensorRT engines: planning, manifest recording and load checks on CPU; build and parity on a GPU (trt).
 
-The trt-marked tests build engines for tiny ONNX graphs written with onnx.helper (no torch) and compare the native
-engine with ONNX Runtime CPU. They have never run in CI (no GPU there); run them on a GPU machine with
-`pytest -q -m trt tests/test_tensorrt.py`.
+The run/capture/replay plumbing against fake TensorRT is in test_gpu_trt_fake.py. The trt-marked tests here build
+real engines for tiny ONNX graphs written with onnx.helper (no torch) and compare them with ONNX Runtime CPU; they
+need TensorRT and a GPU and have not run yet: `pytest -q -m trt tests/test_tensorrt.py` on a GPU machine.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -22,44 +21,14 @@ import pytest
 
 from rerank_export import tensorrt_build as tb
 from rerank_runtime import trt_backend as tbe
-from rerank_runtime.cudart import CudaRuntime, DeviceBuffer
+from gpu_env import why_no_gpu
 from rerank_runtime.errors import (ArtifactError, EngineError, ManifestMismatchError, MissingDependencyError,
                                    UnsupportedRequestError)
-from rerank_runtime.spec import DECODER, ENCODER, LAYERWISE, LIGHTWEIGHT, GraphRequest, ModelSpec, exit_name
+from rerank_runtime.providers import DEFAULT_MAX_BATCH
+from rerank_runtime.spec import DECODER, ENCODER, LAYERWISE, LIGHTWEIGHT, GraphRequest
+from trt_fixtures import HIDDEN, VOCAB, make_manifest, ort_cpu, save_export, tiny_feeds, tiny_onnx, write_export
 
-VOCAB, HIDDEN = 50, 16
-TOKEN_SHAPE = ["batch", "sequence"]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# manifests (raw dicts, as manifest.json holds them)
-
-def make_manifest(kind: str = ENCODER, *, max_sequence_length: int = 512, ratio: int = 2,
-                  compress_layers: tuple[int, ...] = (2, 4), precision: str = "fp32") -> dict[str, Any]:
-    inputs = [{"name": n, "dtype": "int64", "shape": TOKEN_SHAPE} for n in ("input_ids", "attention_mask")]
-    exits: list[list[int]] = []
-    if kind in (LAYERWISE, LIGHTWEIGHT):
-        exits = [[2, 0], [3, 1]]
-    if kind != LIGHTWEIGHT:
-        ratio, compress_layers = 1, ()
-    for k in range(len(compress_layers)):  # stage k's inputs, numbered by stage (runtime/compression.py)
-        for role, dtype in (("index", "int64"), ("weight", "float32")):
-            shape = ["batch", f"compressed_{k}", ratio]
-            inputs.append({"name": f"compress_{role}_{k}", "dtype": dtype, "shape": shape})
-    names = [exit_name(layer, head) for layer, head in exits] or ["score"]
-    outputs = [{"name": n, "dtype": "float32", "shape": ["batch"]} for n in names]
-    spec = ModelSpec(model_class=kind, pad_token_id=1, bos_token_id=2 if kind != ENCODER else None)
-    return {"spec": spec.to_dict(), "precision": precision, "exits": exits, "compress_ratio": ratio,
-            "compress_layers": list(compress_layers), "max_length": max_sequence_length - 16,
-            "max_sequence_length": max_sequence_length, "tensorrt": None, "model_name": "tiny",
-            "graph": {"file": "model.onnx", "inputs": inputs, "outputs": outputs}}
-
-
-def write_export(path: Path, manifest: dict[str, Any]) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return path
-
+B = DEFAULT_MAX_BATCH  # the default largest batch of every profile
 
 # ---------------------------------------------------------------------------------------------------------------
 # plan_profiles
@@ -67,7 +36,7 @@ def write_export(path: Path, manifest: dict[str, Any]) -> Path:
 def test_encoder_profiles_cover_every_length_once() -> None:
     profiles = tb.plan_profiles(make_manifest(ENCODER), tb.EngineOptions())
     assert [(p.min_length, p.max_length) for p in profiles] == [(1, 64), (65, 128), (129, 256), (257, 512)]
-    assert profiles[1].shapes == {n: ((1, 65), (32, 128), (32, 128)) for n in ("input_ids", "attention_mask")}
+    assert profiles[1].shapes == {n: ((1, 65), (B, 128), (B, 128)) for n in ("input_ids", "attention_mask")}
     assert [p.index for p in profiles] == [0, 1, 2, 3]
 
 
@@ -84,9 +53,9 @@ def test_lightweight_profiles_bound_compressed_inputs_by_the_bucket() -> None:
     last = profiles[-1]
     assert set(last.shapes) == {"input_ids", "attention_mask", "compress_index_0", "compress_weight_0",
                                 "compress_index_1", "compress_weight_1"}
-    assert last.shapes["compress_index_0"] == ((1, 1, 2), (32, 256, 2), (32, 512, 2))  # stage 0: ceil(512 / 2)
-    assert last.shapes["compress_weight_1"] == ((1, 1, 2), (32, 128, 2), (32, 512, 2))  # stage 1: ceil(512 / 4)
-    assert profiles[0].shapes["compress_index_0"][2] == (32, 64, 2)
+    assert last.shapes["compress_index_0"] == ((1, 1, 2), (B, 256, 2), (B, 512, 2))  # stage 0: ceil(512 / 2)
+    assert last.shapes["compress_weight_1"] == ((1, 1, 2), (B, 128, 2), (B, 512, 2))  # stage 1: ceil(512 / 4)
+    assert profiles[0].shapes["compress_index_0"][2] == (B, 64, 2)
 
 
 def test_lightweight_with_ratio_one_has_token_inputs_only() -> None:
@@ -216,7 +185,7 @@ def test_engine_section_must_exist_and_be_complete() -> None:
                                          "engine_file": "model.engine"}}, "/x")
 
 
-@pytest.mark.parametrize(("batch", "length", "index"), [(1, 1, 0), (32, 64, 0), (1, 65, 1), (5, 300, 3), (32, 512, 3)])
+@pytest.mark.parametrize(("batch", "length", "index"), [(1, 1, 0), (B, 64, 0), (1, 65, 1), (5, 300, 3), (B, 512, 3)])
 def test_select_profile_takes_the_smallest_bucket(batch: int, length: int, index: int) -> None:
     profiles = tb.plan_profiles(make_manifest(ENCODER), tb.EngineOptions())
     assert tbe.select_profile(profiles, batch, length, "/e").index == index
@@ -224,8 +193,8 @@ def test_select_profile_takes_the_smallest_bucket(batch: int, length: int, index
 
 @pytest.mark.parametrize(("batch", "length", "hints"), [
     (1, 600, ["--max-length 600"]),
-    (33, 8, ["--max-batch-size 33"]),
-    (40, 700, ["--max-length 700", "--max-batch-size 40"]),
+    (B + 1, 8, [f"--max-batch-size {B + 1}"]),
+    (B + 8, 700, ["--max-length 700", f"--max-batch-size {B + 8}"]),
 ])
 def test_select_profile_beyond_every_profile(batch: int, length: int, hints: list[str]) -> None:
     profiles = tb.plan_profiles(make_manifest(ENCODER), tb.EngineOptions())
@@ -252,7 +221,7 @@ def test_check_request() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# missing dependencies, import boundary, CUDA error translation
+# missing dependencies, import boundary
 
 no_tensorrt = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed")
 
@@ -261,7 +230,8 @@ no_tensorrt = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not Non
 def test_build_without_tensorrt_says_what_to_install(tmp_path: Path) -> None:
     export = write_export(tmp_path / "exp", make_manifest(ENCODER))
     (export / "model.onnx").write_bytes(b"not read before the import")
-    with pytest.raises(MissingDependencyError, match=r"tensorrt is required for TensorRT engines.*\[gpu\]"):
+    with pytest.raises(MissingDependencyError, match=r"tensorrt is required for native TensorRT engines.*"
+                                                     r"pip install '\.\[trt\]' from a clone .*pypi\.nvidia\.com"):
         tb.build_engine(export, tb.EngineOptions(), progress=lambda _: None)
 
 
@@ -271,7 +241,7 @@ def test_backend_without_tensorrt_says_what_to_install(tmp_path: Path) -> None:
     manifest["tensorrt"] = fake_record(tb.plan_profiles(manifest, tb.EngineOptions())).to_section()
     export = write_export(tmp_path / "exp", manifest)
     (export / "model.engine").write_bytes(b"x" * 11)
-    with pytest.raises(MissingDependencyError, match=r"pip install 'bge-rerank-fast\[gpu\]'"):
+    with pytest.raises(MissingDependencyError, match=r"pip install '\.\[trt\]' from a clone of the bge-rerank-fast"):
         tbe.TensorRTBackend(export, manifest)
 
 
@@ -291,116 +261,8 @@ def test_importing_the_engine_modules_loads_nothing_heavy() -> None:
     assert out.stdout.strip() == "[]"
 
 
-class _FakeErr:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
-def _fake_cudart(fail: str | None = None) -> SimpleNamespace:
-    ok, oom = _FakeErr("cudaSuccess"), _FakeErr("cudaErrorMemoryAllocation")
-    counter = iter(range(4096, 1 << 30, 4096))
-
-    def malloc(nbytes: int) -> tuple[Any, int]:
-        if fail == "oom":
-            return oom, 0
-        if fail == "driver":
-            raise RuntimeError("Failed to dlopen libcuda.so.1")
-        return ok, next(counter)
-
-    return SimpleNamespace(
-        cudaError_t=SimpleNamespace(cudaSuccess=ok), cudaMalloc=malloc, cudaFree=lambda ptr: (ok,),
-        cudaGetErrorName=lambda e: (ok, e.name.encode()), cudaGetErrorString=lambda e: (ok, b"out of memory"),
-        cudaGetDeviceCount=lambda: (ok, 1))
-
-
-def test_cuda_errors_become_engine_errors_with_the_cuda_name() -> None:
-    with pytest.raises(EngineError, match="cudaMalloc failed with cudaErrorMemoryAllocation: out of memory"):
-        CudaRuntime(_fake_cudart("oom")).malloc(1024)  # type: ignore[arg-type]
-    with pytest.raises(EngineError, match=r"libcuda\.so\.1.*needs an NVIDIA GPU and driver"):
-        CudaRuntime(_fake_cudart("driver")).malloc(1024)  # type: ignore[arg-type]
-    with pytest.raises(EngineError, match="CUDA device 3 requested but 1 device"):
-        CudaRuntime(_fake_cudart()).device_info(3)  # type: ignore[arg-type]
-
-
-def test_device_buffer_grows_in_powers_of_two() -> None:
-    buf = DeviceBuffer(CudaRuntime(_fake_cudart()))  # type: ignore[arg-type]
-    assert buf.ensure(1000) and buf.nbytes == 1024
-    first = buf.ptr
-    assert not buf.ensure(1024) and buf.ptr == first
-    assert buf.ensure(1025) and buf.nbytes == 2048 and buf.ptr != first
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# tiny ONNX graphs (onnx.helper, no torch): the fixtures of the GPU tests, checked on ONNX Runtime CPU here
-
-def tiny_onnx(kind: str, precision: str, rng: np.random.Generator) -> Any:
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    manifest = make_manifest(kind, ratio=2, compress_layers=(2,), precision=precision, max_sequence_length=300)
-    low = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT
-    inits = [numpy_helper.from_array(rng.normal(size=(VOCAB, HIDDEN)).astype(np.float32), "emb"),
-             numpy_helper.from_array(np.array([1], np.int64), "ax1"),
-             numpy_helper.from_array(np.array([2], np.int64), "ax2"),
-             numpy_helper.from_array(np.array([-1], np.int64), "axl")]
-    nodes = [helper.make_node("Gather", ["emb", "input_ids"], ["h32"]),
-             helper.make_node("Cast", ["h32"], ["h"], to=low),
-             helper.make_node("Cast", ["attention_mask"], ["m"], to=low),
-             helper.make_node("Unsqueeze", ["m", "axl"], ["m3"]),
-             helper.make_node("Mul", ["h", "m3"], ["hm"])]
-    pooled = "hm"
-    if kind == LIGHTWEIGHT:
-        nodes += [helper.make_node("Unsqueeze", ["compress_index_0", "axl"], ["ci"]),
-                  helper.make_node("GatherND", ["hm", "ci"], ["g"], batch_dims=1),
-                  helper.make_node("Cast", ["compress_weight_0"], ["cw"], to=low),
-                  helper.make_node("Unsqueeze", ["cw", "axl"], ["cw4"]),
-                  helper.make_node("Mul", ["g", "cw4"], ["gw"]),
-                  helper.make_node("ReduceSum", ["gw", "ax2"], ["pooled"], keepdims=0)]
-        pooled = "pooled"
-    nodes += [helper.make_node("ReduceSum", [pooled, "ax1"], ["s"], keepdims=0),
-              helper.make_node("Cast", ["s"], ["s32"], to=TensorProto.FLOAT),  # the score head stays fp32
-              helper.make_node("Tanh", ["s32"], ["t"])]
-    for i, out in enumerate(manifest["graph"]["outputs"]):
-        inits.append(numpy_helper.from_array(rng.normal(size=(HIDDEN,)).astype(np.float32), f"w{i}"))
-        nodes.append(helper.make_node("MatMul", ["t", f"w{i}"], [out["name"]]))
-    types = {"int64": TensorProto.INT64, "float32": TensorProto.FLOAT}
-    graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info(i["name"], types[i["dtype"]], i["shape"])
-                        for i in manifest["graph"]["inputs"]],
-        [helper.make_tensor_value_info(o["name"], TensorProto.FLOAT, ["batch"]) for o in manifest["graph"]["outputs"]],
-        inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model)
-    return model, manifest
-
-
-def tiny_feeds(manifest: dict[str, Any], batch: int, length: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    ids = rng.integers(3, VOCAB, size=(batch, length), dtype=np.int64)
-    lengths = rng.integers(1, length + 1, size=batch)
-    mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int64)
-    feeds = {"input_ids": ids, "attention_mask": mask}
-    for k in range(len(manifest["compress_layers"])):
-        compressed = (length + 1) // 2
-        feeds[f"compress_index_{k}"] = rng.integers(0, length, size=(batch, compressed, 2), dtype=np.int64)
-        feeds[f"compress_weight_{k}"] = rng.uniform(0, 1, size=(batch, compressed, 2)).astype(np.float32)
-    return feeds
-
-
-def save_export(path: Path, model: Any, manifest: dict[str, Any]) -> Path:
-    import onnx
-
-    path.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-              location="model.onnx.data", size_threshold=256)  # the weight table goes out
-    return write_export(path, manifest)
-
-
-def ort_cpu(export: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    ort = pytest.importorskip("onnxruntime")
-    session = ort.InferenceSession(str(export / "model.onnx"), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds)))
-
+# the tiny ONNX fixtures (trt_fixtures.py), checked on ONNX Runtime CPU
 
 @pytest.mark.parametrize(("kind", "precision", "tolerance"), [
     (ENCODER, "fp32", 1e-5), (LAYERWISE, "fp32", 1e-5), (LIGHTWEIGHT, "fp32", 1e-5), (ENCODER, "fp16", 2e-2)])
@@ -425,18 +287,10 @@ def test_tiny_fixture_graphs_compute_what_they_should(tmp_path: Path, kind: str,
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# GPU: build and run (never run in CI)
+# GPU: build and run with real TensorRT (not run yet)
 
-def _gpu_available() -> bool:
-    if importlib.util.find_spec("tensorrt") is None or importlib.util.find_spec("cuda") is None:
-        return False
-    try:
-        return CudaRuntime().device_count() > 0
-    except (EngineError, ImportError):
-        return False
-
-
-gpu = pytest.mark.skipif(not _gpu_available(), reason="needs tensorrt, cuda-python and an NVIDIA GPU")
+_NO_TRT = why_no_gpu({"tensorrt": "tensorrt", "cuda-bindings": "cuda"})  # the [trt] extra
+gpu = pytest.mark.skipif(_NO_TRT is not None, reason=_NO_TRT or "")
 
 
 @pytest.mark.trt

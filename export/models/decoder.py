@@ -64,7 +64,8 @@ def _linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def rotary(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    steps = torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device)  # on the positions' device
+    inv_freq = 1.0 / (theta ** (steps.float() / head_dim))
     freqs = positions.float()[..., None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, S, D]
     return emb.cos(), emb.sin()
