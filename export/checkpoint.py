@@ -9,7 +9,8 @@ from typing import Any
 
 from rerank_runtime._deps import require
 from rerank_runtime.errors import ArtifactError, ModelNotFoundError
-from rerank_runtime.spec import ENCODER, ModelSpec
+from rerank_runtime.layout import pair_template, text_ids
+from rerank_runtime.spec import ENCODER, YES_TEXT, ModelSpec
 
 from .families import FamilySpec
 
@@ -146,25 +147,11 @@ def model_spec(directory: Path, config: dict[str, Any], family: FamilySpec) -> M
     if family.model_class == ENCODER:
         prefix, middle, suffix = pair_template(tok)
         return ModelSpec(**common, pair_prefix=prefix, pair_middle=middle, pair_suffix=suffix)
-    yes = tok.encode("Yes", add_special_tokens=False).ids
+    yes = text_ids(tok, YES_TEXT)
     layers = family.layers(config)
     n, start, sep = layers if layers else (None, None, 1)
     return ModelSpec(**common, bos_token_id=token_id("bos_token", None), yes_token_id=yes[0],
                      num_layers=n, start_layer=start, layer_sep=sep)
-
-
-def pair_template(tok: Any) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """The special tokens the tokenizer's post-processor puts before, between and after a pair (HF's own template:
-    XLM-R gives <s> | </s></s> | </s>), read off a pair encoding by its sequence ids."""
-    enc = tok.encode("a", "b", add_special_tokens=True)
-    parts: list[list[int]] = [[], [], []]
-    part = 0
-    for token, seq in zip(enc.ids, enc.sequence_ids):
-        if seq is None:
-            parts[part].append(token)
-        else:
-            part = seq + 1
-    return tuple(parts[0]), tuple(parts[1]), tuple(parts[2])
 
 
 def _max_length(tcfg: dict[str, Any]) -> int | None:

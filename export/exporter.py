@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from rerank_runtime.errors import ExportError, ParityError
+from rerank_runtime.integrity import describe_tokenizer
 from rerank_runtime.kinds import DEFAULT_COMPRESS_LAYERS, build_request, get_kind
 from rerank_runtime.manifest import GraphInfo, Manifest, TensorSpec
 from rerank_runtime.spec import LAYERWISE, LIGHTWEIGHT, MODEL_CLASSES, GraphRequest, ModelSpec
@@ -119,11 +120,10 @@ def _refuse_idle_compression(opts: ExportOptions, ratio: int, layers: list[int],
 def max_sequence_length(plan: ExportPlan, tokenizer: Any) -> int:
     """The longest sequence FlagEmbedding's layout makes at max_length with the default prompt."""
     n = plan.options.max_length
-    kind = get_kind(plan.family.model_class)
-    if kind.default_prompt is None:
+    if get_kind(plan.family.model_class).default_prompt is None:
         return n
-    sep = len(tokenizer.encode("\n", add_special_tokens=False).ids)
-    prompt = len(tokenizer.encode(kind.default_prompt, add_special_tokens=False).ids)
+    layout = describe_tokenizer(tokenizer, plan.spec)
+    sep, prompt = len(layout.separator_ids), len(layout.prompt_ids)
     return int(math.ceil((1 + n + 2 * sep + 2 * prompt) / 8) * 8)
 
 
@@ -173,8 +173,8 @@ def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
         precision=opts.precision, graph=graph_info(onnx_path, external, OPSET), max_length=opts.max_length,
         max_sequence_length=max_sequence_length(plan, tokenizer), exits=plan.request.exits,
         compress_ratio=plan.request.compress_ratio, compress_layers=plan.request.compress_layers,
-        defaults=plan.defaults, token_layout=token_layout(plan, tokenizer), versions=versions(),
-    )
+        defaults=plan.defaults, versions=versions(),
+    )  # write() records the files' sizes and hashes and the tokenizer's layout
     manifest.write(work)
     if opts.verify:
         from .verify import verify
@@ -191,7 +191,7 @@ def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
                 ) from None
         report.say(f"verified on {result['pairs']} probe pairs x {result['outputs']} outputs: max abs diff "
                    f"{result['max_abs_diff']:.2e}, Spearman {result['spearman']:.4f} ({result['method']})")
-        Manifest.from_dict({**manifest.to_dict(), "verification": result}, where="verification").write(work)
+        replace(manifest, verification=result).write(work)
 
 
 def _verify_call(plan: ExportPlan) -> dict[str, Any]:
@@ -214,16 +214,6 @@ def graph_info(path: Path, external: list[str], opset: int) -> GraphInfo:
 
     return GraphInfo(file=path.name, opset=opset, inputs=tuple(spec(v) for v in model.graph.input),
                      outputs=tuple(spec(v) for v in model.graph.output), external_data=tuple(external))
-
-
-def token_layout(plan: ExportPlan, tokenizer: Any) -> dict[str, Any]:
-    kind = get_kind(plan.family.model_class)
-    layout: dict[str, Any] = {"query_instruction": kind.query_instruction, "passage_instruction": kind.passage_instruction,
-                              "default_prompt": kind.default_prompt, "yes_token_id": plan.spec.yes_token_id}
-    if kind.default_prompt is not None:
-        layout["separator_ids"] = tokenizer.encode("\n", add_special_tokens=False).ids
-        layout["prompt_ids"] = tokenizer.encode(kind.default_prompt, add_special_tokens=False).ids
-    return layout
 
 
 def versions() -> dict[str, str]:

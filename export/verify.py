@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from rerank_runtime.errors import NonFiniteScoreError, ParityError
+from rerank_runtime.manifest import Manifest
 from rerank_runtime.tolerances import allclose, spearman, tolerance
 
 from .probe import PROBE_PAIRS
@@ -27,7 +28,8 @@ CPU_METHOD = {
 
 
 def widen_bf16(src: Path, dst: Path) -> None:
-    """Copy an artifact, rewriting model.onnx so that every bf16 tensor and cast becomes fp32."""
+    """Copy an artifact, rewriting model.onnx so that every bf16 tensor and cast becomes fp32 (and its manifest's
+    file records with it)."""
     import onnx
     from onnx import TensorProto, numpy_helper
 
@@ -47,6 +49,7 @@ def widen_bf16(src: Path, dst: Path) -> None:
         if vi.type.tensor_type.elem_type == TensorProto.BFLOAT16:
             vi.type.tensor_type.elem_type = TensorProto.FLOAT
     onnx.save(model, str(dst / "model.onnx"))
+    Manifest.read(dst).write(dst)  # the copy's manifest records the widened graph it holds
 
 
 def verify(export_dir: Path, checkpoint: Path, model_class: str, precision: str, max_length: int,

@@ -81,6 +81,28 @@ def plain_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
     return copy
 
 
+SEPARATOR = "\n"  # the decoder kinds put it between query and passage and before the prompt
+
+
+def text_ids(tokenizer: Tokenizer, text: str) -> list[int]:
+    """The ids of `text` on its own, without special tokens."""
+    return list(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def pair_template(tokenizer: Tokenizer) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """The special tokens the tokenizer's post-processor puts before, between and after a pair (HF's own template:
+    XLM-R gives <s> | </s></s> | </s>), read off a pair encoding by its sequence ids."""
+    enc = tokenizer.encode("a", "b", add_special_tokens=True)
+    parts: list[list[int]] = [[], [], []]
+    part = 0
+    for token, seq in zip(enc.ids, enc.sequence_ids):
+        if seq is None:
+            parts[part].append(token)
+        else:
+            part = seq + 1
+    return tuple(parts[0]), tuple(parts[1]), tuple(parts[2])
+
+
 def cut_second(first_len: int, second: list[int], limit: int) -> list[int]:
     """HF `truncation='only_second'`: drop tokens from the right of `second` so the pair fits `limit`.
 
@@ -112,8 +134,8 @@ class PairEncoder:
             self.sep: list[int] = []
             self.prompt: list[int] = []
         else:
-            self.sep = list(tokenizer.encode("\n", add_special_tokens=False).ids)
-            self.prompt = list(tokenizer.encode(settings.prompt or "", add_special_tokens=False).ids)
+            self.sep = text_ids(tokenizer, SEPARATOR)
+            self.prompt = text_ids(tokenizer, settings.prompt or "")
 
     def encode(self, queries: Sequence[str], passages: Sequence[str]) -> EncodedChunk:
         """queries / passages: the instruction-applied texts."""
