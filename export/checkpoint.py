@@ -143,7 +143,7 @@ def model_spec(directory: Path, config: dict[str, Any], family: FamilySpec) -> M
         raise ArtifactError(f"{directory}: the tokenizer has no pad token and config.json no pad_token_id; FlagEmbedding needs one")
     side = tcfg.get("padding_side") or ("left" if tcfg.get("tokenizer_class") in _LEFT_PADDING_CLASSES else "right")
     common = dict(model_class=family.model_class, pad_token_id=pad, padding_side=side,
-                  model_max_length=_max_length(tcfg))
+                  model_max_length=_max_length(tcfg), max_positions=family.max_positions(config))
     if family.model_class == ENCODER:
         prefix, middle, suffix = pair_template(tok)
         return ModelSpec(**common, pair_prefix=prefix, pair_middle=middle, pair_suffix=suffix)

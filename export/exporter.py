@@ -68,6 +68,9 @@ def plan_export(opts: ExportOptions) -> ExportPlan:
         model_class = detect_model_class(str(checkpoint) if Path(opts.model).is_dir() else opts.model)
     family = detect_family(config, model_class)
     spec = model_spec(checkpoint, config, family)
+    if spec.max_positions is not None and opts.max_length > spec.max_positions:
+        raise ExportError(f"--max-length {opts.max_length} is more than this model serves: its position table serves "
+                          f"{spec.max_positions} tokens; pass --max-length {spec.max_positions} or less")
     request, defaults = _request(opts, family, spec)
     output = Path(opts.output) if opts.output else Path("exports") / f"{_name(opts.model)}-{opts.precision}"
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not opts.overwrite:

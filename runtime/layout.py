@@ -12,8 +12,23 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 
+from .errors import InvalidTextError
 from .kinds import Kind, bos_prefix
 from .spec import ENCODER, LIGHTWEIGHT, ModelSpec
+
+
+def check_text(what: str, text: str, index: int | None = None) -> None:
+    """InvalidTextError unless `text` is valid Unicode (no lone surrogate), which the tokenizer needs."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidTextError(
+            f"{what} holds a lone surrogate {text[exc.start]!r} at character {exc.start}, which is not valid Unicode "
+            "text and cannot be tokenized; decode the source with errors='replace', or remove the character",
+            index,
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -24,6 +39,13 @@ class Instructions:
     query_format: str = "{}{}"
     passage: str | None = None
     passage_format: str = "{}{}"
+
+    def __post_init__(self) -> None:
+        for name in ("query", "passage"):
+            for suffix in ("", "_format"):
+                value = getattr(self, name + suffix)
+                if isinstance(value, str):
+                    check_text(f"the {name} instruction{suffix.replace('_', ' ')}", value)
 
     def apply(self, queries: Sequence[str], passages: Sequence[str]) -> tuple[list[str], list[str]]:
         return _apply(self.query, self.query_format, queries), _apply(self.passage, self.passage_format, passages)

@@ -24,6 +24,8 @@ import numpy as np
 from .errors import UnsupportedRequestError
 from .kinds import DEFAULT_COMPRESS_LAYERS, build_request, get_kind
 from .layout import Instructions, LayoutSettings, plain_tokenizer, resolve_query_max_length
+from .limits import Limits
+from .layout import check_text
 from .scoring import CallPlan, Scorer, apply_non_finite, check_non_finite, parse_pairs, sigmoid
 from .spec import DECODER, ENCODER, LAYERWISE, LIGHTWEIGHT, MODEL_CLASSES, Loaded
 
@@ -83,10 +85,12 @@ class _Reranker:
             )
         self._apply_model_defaults(loaded)
         self.spec, self.tokenizer, self.backend = loaded.spec, loaded.tokenizer, loaded.backend
+        self._limits = Limits(loaded.spec.max_positions, loaded.max_length)
         instructions = Instructions(self.query_instruction_for_rerank, self.query_instruction_format,
                                     self.passage_instruction_for_rerank, self.passage_instruction_format)  # fmt: skip
         self._scorer = Scorer(loaded.spec, kind, plain_tokenizer(loaded.tokenizer), loaded.backend, instructions)
-        self._plan({})  # fail fast on invalid instance settings
+        plan, _ = self._plan({})  # fail fast on invalid instance settings: lengths, layers, compression
+        self.backend.check(plan.request)
 
     @classmethod
     def from_loaded(cls: type[R], loaded: Loaded, model_name_or_path: str = "<loaded>", **settings: Any) -> R:
@@ -161,6 +165,8 @@ class _Reranker:
             query_max_length=resolve_query_max_length(call.get("query_max_length"), self.query_max_length, max_length),
             prompt=self._prompt(pick("prompt")),
         )
+        self._limits.check_settings(max_length=layout.max_length, query_max_length=layout.query_max_length)
+        check_text("prompt", layout.prompt or "")
         compress_layers = pick("compress_layers")
         if call.get("compress_layer") is not None:
             warnings.warn("compress_layer is deprecated; use compress_layers", DeprecationWarning, stacklevel=4)
@@ -175,7 +181,7 @@ class _Reranker:
         normalize = pick("normalize")
         if not isinstance(normalize, bool):
             raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}: {normalize!r}")
-        plan = CallPlan(request, layout, pick("batch_size"), self.max_batch_tokens, self.chunk_size)
+        plan = CallPlan(request, layout, pick("batch_size"), self.max_batch_tokens, self.chunk_size, self._limits)
         return plan, normalize
 
     def _run(self, sentence_pairs: Any, options: dict[str, Any]) -> tuple[np.ndarray, bool]:

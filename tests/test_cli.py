@@ -43,6 +43,8 @@ REFUSALS = [
     ("compress-layers-without-ratio", "gemma2_lightweight", {"compress_layers": (3,)}, ExportError,
      ["no effect at compress ratio 1", "--compress-ratio 2"]),
     ("max-length", "gemma", {"max_length": 1}, ExportError, ["--max-length must be at least 2, got 1"]),
+    ("max-length-beyond-positions", "xlm_roberta", {"max_length": 1000}, ExportError,
+     ["--max-length 1000", "position table serves 512 tokens", "--max-length 512 or less"]),
 ]
 FLAGS = {"model_class": "--model-class", "compress_ratio": "--compress-ratio", "compress_layers": "--compress-layers",
          "cutoff_layers": "--cutoff-layers", "max_length": "--max-length", "model": "--model"}
