@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from rerank_runtime.spec import LAYERWISE, LIGHTWEIGHT, MODEL_CLASSES, GraphRequ
 
 from .checkpoint import load_model, model_spec, read_json, resolve_model, tokenizer_file
 from .families import FamilySpec, detect_family
+from .output import Target, check_output, discard, make_work_dir, publish, remove_stale, reraise_interrupt
 from .precision import PRECISIONS, cast_weights
 from .progress import Progress
 
@@ -49,6 +49,7 @@ class ExportPlan:
     request: GraphRequest
     defaults: dict[str, Any]
     output: Path
+    target: Target  # what is at the output now, and may be replaced
 
 
 def plan_export(opts: ExportOptions) -> ExportPlan:
@@ -73,9 +74,8 @@ def plan_export(opts: ExportOptions) -> ExportPlan:
                           f"{spec.max_positions} tokens; pass --max-length {spec.max_positions} or less")
     request, defaults = _request(opts, family, spec)
     output = Path(opts.output) if opts.output else Path("exports") / f"{_name(opts.model)}-{opts.precision}"
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not opts.overwrite:
-        raise ExportError(f"{output} exists and is not empty; pass --overwrite to replace it or choose --output")
-    return ExportPlan(opts, checkpoint, config, family, spec, request, defaults, output)
+    target = check_output(output, opts.overwrite, checkpoint)
+    return ExportPlan(opts, checkpoint, config, family, spec, request, defaults, output, target)
 
 
 def _name(model: str) -> str:
@@ -131,19 +131,27 @@ def max_sequence_length(plan: ExportPlan, tokenizer: Any) -> int:
 
 
 def export_onnx(opts: ExportOptions, progress: Progress | None = None) -> Path:
-    """Export, optimise, write manifest and tokenizer, verify; the output appears only when all of it succeeded."""
+    """Export, optimise, write manifest and tokenizer, verify; the output appears only when all of it succeeded.
+
+    Nothing that is not provably ours is deleted or replaced: see rerank_export.output."""
     plan = plan_export(opts)
     report = progress or Progress(PHASES if opts.verify else PHASES[:-1])
     report.say(f"exporting {plan.checkpoint} ({plan.family.name}, {plan.family.model_class}) at {opts.precision}")
-    plan.output.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{plan.output.name}-", dir=plan.output.parent))
+    parent = plan.output.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale(parent):
+            report.say(f"removed {stale}, left behind by an export that was killed")
+        work = make_work_dir(parent, plan.output.name)
+    except OSError as exc:
+        raise ExportError(f"cannot write the export beside {plan.output}: {exc.strerror} ({exc.filename}); "
+                          "choose an --output in a writable directory") from None
     try:
         _build(plan, work, report)
-        if plan.output.exists():
-            shutil.rmtree(plan.output)
-        work.rename(plan.output)
+        reraise_interrupt()  # an interrupt a library swallowed (torch's exporter may retry) still stops the export
+        publish(work, plan.target)
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        discard(work)
         raise
     report.say(f"wrote {plan.output}")
     return plan.output
@@ -163,6 +171,7 @@ def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
     onnx_path = work / "model.onnx"
     with report.phase("trace"):
         external = trace_to_onnx(wrapper.eval(), plan.family, plan.request, plan.spec.pad_token_id, onnx_path)
+    reraise_interrupt()
     del model, wrapper
     with report.phase("optimise"):
         if opts.precision == "int8":

@@ -122,7 +122,8 @@ def test_existing_output_is_kept_without_overwrite(checkpoint, tmp_path, capsys)
     empty = tmp_path / "empty"
     empty.mkdir()  # an empty directory is not in the way
     assert plan_export(ExportOptions(model=str(checkpoint("gemma")), output=str(empty))).output == empty
-    assert plan_export(ExportOptions(model=str(checkpoint("gemma")), output=str(out), overwrite=True)).output == out
+    with pytest.raises(ExportError, match="--overwrite replaces only an export directory"):  # keep.txt is not ours
+        plan_export(ExportOptions(model=str(checkpoint("gemma")), output=str(out), overwrite=True))
 
 
 @pytest.mark.parametrize("failure", [RuntimeError("trace failed"), KeyboardInterrupt()])
@@ -141,11 +142,12 @@ def test_failure_mid_export_leaves_nothing_half_written(failure, checkpoint, tmp
 
     previous = tmp_path / "previous"
     previous.mkdir()
-    (previous / "manifest.json").write_text("{}")
+    old = '{"format": "onnx", "graph": {}, "schema_version": 2, "spec": {}}'  # an export (--overwrite replaces those)
+    (previous / "manifest.json").write_text(old)
     with pytest.raises(type(failure)):
         export_onnx(replace(opts, output=str(previous), overwrite=True), Progress([], quiet=True))
     assert [p.name for p in tmp_path.iterdir()] == ["previous"]
-    assert (previous / "manifest.json").read_text() == "{}", "a failed --overwrite keeps the old output"
+    assert (previous / "manifest.json").read_text() == old, "a failed --overwrite keeps the old output"
 
 
 def test_flags_map_onto_export_options(monkeypatch):
