@@ -19,6 +19,7 @@ from .families import FamilySpec, detect_family
 from .output import Target, check_output, discard, make_work_dir, publish, remove_stale, reraise_interrupt
 from .precision import PRECISIONS, cast_weights
 from .progress import Progress
+from .weights import check_weights
 
 PHASES = ["load", "trace", "optimise", "verify"]
 
@@ -68,6 +69,7 @@ def plan_export(opts: ExportOptions) -> ExportPlan:
 
         model_class = detect_model_class(str(checkpoint) if Path(opts.model).is_dir() else opts.model)
     family = detect_family(config, model_class)
+    check_weights(checkpoint, config, family)  # config against the weights' shapes, before anything is built
     spec = model_spec(checkpoint, config, family)
     if spec.max_positions is not None and opts.max_length > spec.max_positions:
         raise ExportError(f"--max-length {opts.max_length} is more than this model serves: its position table serves "
@@ -136,7 +138,6 @@ def export_onnx(opts: ExportOptions, progress: Progress | None = None) -> Path:
     Nothing that is not provably ours is deleted or replaced: see rerank_export.output."""
     plan = plan_export(opts)
     report = progress or Progress(PHASES if opts.verify else PHASES[:-1])
-    report.say(f"exporting {plan.checkpoint} ({plan.family.name}, {plan.family.model_class}) at {opts.precision}")
     parent = plan.output.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +147,7 @@ def export_onnx(opts: ExportOptions, progress: Progress | None = None) -> Path:
     except OSError as exc:
         raise ExportError(f"cannot write the export beside {plan.output}: {exc.strerror} ({exc.filename}); "
                           "choose an --output in a writable directory") from None
+    report.say(f"exporting {plan.checkpoint} ({plan.family.name}, {plan.family.model_class}) at {opts.precision}")
     try:
         _build(plan, work, report)
         reraise_interrupt()  # an interrupt a library swallowed (torch's exporter may retry) still stops the export

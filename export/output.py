@@ -100,6 +100,9 @@ def check_output(output: Path, overwrite: bool, checkpoint: Path) -> Target:
             relation = "is" if real == protected else "contains"
             raise ExportError(f"--output {output} {relation} {what} ({protected}); an export never replaces it: "
                               "choose another --output")
+    existing = next(p for p in (output, *output.parents) if p.exists() or p.is_symlink())
+    if existing != output and not existing.is_dir():
+        raise ExportError(f"--output {output} cannot be created: {existing} is a file, not a directory")
     if not output.exists():
         return Target(output)
     if not output.is_dir():
@@ -168,6 +171,19 @@ def fresh_dir(parent: Path, prefix: str) -> Path:
         except FileExistsError:
             continue
         return path
+
+
+def umask() -> int:
+    """This process's umask, read without changing it where Linux allows (/proc), else by setting it back at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def make_work_dir(parent: Path, name: str) -> Path:

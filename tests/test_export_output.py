@@ -232,4 +232,5 @@ def test_exports_and_builtin_checkpoints_get_the_usual_umask(checkpoint, tmp_pat
     assert out.stat().st_mode & 0o777 == 0o755
     assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {
         "manifest.json": 0o644, "model.onnx": 0o644, "tokenizer.json": 0o644}
-    assert built.stat().st_mode & 0o777 == 0o755
+    assert {p.name: p.stat().st_mode & 0o777 for p in [built, *built.iterdir()]} == {
+        built.name: 0o755, **{p.name: 0o644 for p in built.iterdir()}}
