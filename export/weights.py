@@ -82,13 +82,19 @@ def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        ok = isinstance(info, dict) and isinstance(info.get("shape"), list) and isinstance(info.get("dtype"), str)
-        offsets = info.get("data_offsets") if ok else None
-        if not (ok and all(type(d) is int and d >= 0 for d in info["shape"]) and isinstance(offsets, list)
-                and len(offsets) == 2 and all(type(o) is int for o in offsets) and 0 <= offsets[0] <= offsets[1] <= data):
+        if not _valid_entry(info, data):
             raise corrupt(f"tensor {name!r} has an invalid entry {info!r:.120} (data holds {data} bytes)")
         shapes[name] = tuple(info["shape"])
     return shapes
+
+
+def _valid_entry(info: Any, data_bytes: int) -> bool:
+    """A safetensors header entry: dtype, non-negative shape, data offsets within the data section."""
+    if not (isinstance(info, dict) and isinstance(info.get("dtype"), str) and isinstance(info.get("shape"), list)):
+        return False
+    offsets = info.get("data_offsets")
+    return (all(type(d) is int and d >= 0 for d in info["shape"]) and isinstance(offsets, list) and len(offsets) == 2
+            and all(type(o) is int for o in offsets) and 0 <= offsets[0] <= offsets[1] <= data_bytes)
 
 
 def checkpoint_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
@@ -129,10 +135,11 @@ def check_weights(directory: Path, config: dict[str, Any], family: FamilySpec) -
     wrong = [f"{k}: config.json implies {list(expected[k])}, the weights hold {list(found[k])}"
              for k in sorted(expected) if k in found and found[k] != expected[k]]
     if missing or unexpected or wrong:
+        problems = [*wrong[:3], *([f"missing {missing[:5]}"] if missing else []),
+                    *([f"unexpected {unexpected[:5]}"] if unexpected else [])]
         raise ArtifactError(
             f"the tensors in {', '.join(str(f) for f in files)} do not match the {family.name} architecture that "
-            f"{directory / 'config.json'} describes: " + "; ".join([*wrong[:3], *([f"missing {missing[:5]}"] if missing else []),
-                         *([f"unexpected {unexpected[:5]}"] if unexpected else [])])
+            f"{directory / 'config.json'} describes: " + "; ".join(problems)
             + "; the config and the weights come from different models"
         )
 

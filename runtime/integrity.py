@@ -113,12 +113,11 @@ def describe_tokenizer(tokenizer: Tokenizer, spec: ModelSpec, where: str = "toke
         if token_id is not None and texts[field] is None:
             raise ArtifactError(f"{where}: spec.{field} {token_id} is not a token of this tokenizer (vocabulary of "
                                 f"{tok.get_vocab_size(with_added_tokens=True)}); {_REEXPORT}")
-    prompt = get_kind(spec.model_class).default_prompt
-    decoder = prompt is not None
+    prompt = get_kind(spec.model_class).default_prompt  # None: the encoder, which has no separator or prompt
     return TokenLayout(
         vocab_size=tok.get_vocab_size(with_added_tokens=True), pad_token=texts["pad_token_id"] or "",
-        bos_token=texts["bos_token_id"], separator_ids=tuple(text_ids(tok, SEPARATOR)) if decoder else (),
-        prompt_ids=tuple(text_ids(tok, prompt)) if prompt is not None else (),
+        bos_token=texts["bos_token_id"], separator_ids=() if prompt is None else tuple(text_ids(tok, SEPARATOR)),
+        prompt_ids=() if prompt is None else tuple(text_ids(tok, prompt)),
     )
 
 

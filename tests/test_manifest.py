@@ -181,7 +181,8 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("layout ids", _set("token_layout.separator_ids", ["\n"]), r"'token_layout.separator_ids' must be a list"),
     ("layout pad", _set("token_layout.pad_token", ""), r"'token_layout.pad_token' must be a non-empty string"),
     ("layout bos", _set("token_layout.bos_token", 3), r"'token_layout.bos_token' must be null or a non-empty string"),
-    ("layout unknown", _set("token_layout.yes_token_id", 9), r"unknown field\(s\) \['yes_token_id'\] in 'token_layout.'"),
+    ("layout unknown", _set("token_layout.yes_token_id", 9),
+     r"unknown field\(s\) \['yes_token_id'\] in 'token_layout.'"),
 ]
 
 
