@@ -59,7 +59,7 @@ def load_artifact(
         check_model_files(export_dir, manifest, verify_hashes)
         backend = OnnxBackend(export_dir, manifest, placements, session_options)
     return Loaded(spec=manifest.spec, tokenizer=tokenizer, backend=backend, defaults=dict(manifest.defaults),
-                  max_length=manifest.max_length, max_sequence_length=manifest.max_sequence_length)
+                  max_length=manifest.max_length)
 
 
 def detect_model_class(path: str | os.PathLike[str]) -> str:

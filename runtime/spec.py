@@ -147,8 +147,8 @@ class Loaded:
 
     defaults: instance defaults implied by the model (e.g. an artifact's baked cutoff_layers, compress_ratio and
     compress_layers), used where the user passed nothing.
-    max_length / max_sequence_length: the limits an export was sized and verified for; requests beyond them are
-    refused with LengthLimitError (the PyTorch reference has none: only the model's max_positions bounds it).
+    max_length: the FlagEmbedding max_length an export was sized and verified for; longer settings are refused with
+    LengthLimitError (the PyTorch reference has none: only the model's max_positions bounds it).
     """
 
     spec: ModelSpec
@@ -156,4 +156,3 @@ class Loaded:
     backend: Backend
     defaults: dict[str, Any] = field(default_factory=dict)
     max_length: int | None = None  # the export's max_length (rerank-export --max-length); None: no export limit
-    max_sequence_length: int | None = None  # the longest token sequence the export was sized for
