@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 from rerank_runtime._deps import require
 from rerank_runtime.errors import ArtifactError, ModelNotFoundError
-from rerank_runtime.spec import ENCODER, ModelSpec
+from rerank_runtime.integrity import read_tokenizer, sha256_file
+from rerank_runtime.layout import pair_template, text_ids
+from rerank_runtime.spec import ENCODER, YES_TEXT, ModelSpec
 
 from .families import FamilySpec
+from .weights import INDEX, check_weights, load_state_dict, read_json
 
 # Tokenizer classes whose transformers default padding side is left (when tokenizer_config.json names none).
 _LEFT_PADDING_CLASSES = ("GemmaTokenizer", "GemmaTokenizerFast", "LlamaTokenizer", "LlamaTokenizerFast")
@@ -59,62 +62,59 @@ def _cached_snapshot(repo: str) -> Path | None:
     return snaps[-1].parent if snaps else None
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} is missing") from None
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
-
-
-def load_state_dict(directory: Path) -> dict[str, Any]:
-    index = directory / "model.safetensors.index.json"
-    single = directory / "model.safetensors"
-    if single.is_file() or index.is_file():
-        st = require("safetensors.torch")
-        files = [single] if single.is_file() else sorted({directory / f for f in read_json(index)["weight_map"].values()})
-        state: dict[str, Any] = {}
-        for f in files:
-            state.update(st.load_file(str(f)))
-        return state
-    binary = directory / "pytorch_model.bin"
-    if binary.is_file():
-        torch = require("torch")
-        return torch.load(binary, map_location="cpu", weights_only=True)
-    raise ArtifactError(f"{directory} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
-
-
 def load_model(directory: Path, config: dict[str, Any], family: FamilySpec):
-    """The family's torch module with the checkpoint's weights, fp32, eval mode; names and shapes checked."""
+    """The family's torch module with the checkpoint's weights, fp32, eval mode; names and shapes are checked against
+    config.json before the model is built (weights.check_weights)."""
     torch = require("torch")
+    check_weights(directory, config, family)
     model = family.build_model(config)
     state = load_state_dict(directory)
     if "lm_head.weight" in state and hasattr(model, "untied_lm_head") and not config.get("tie_word_embeddings", True):
         model.untied_lm_head = state["lm_head.weight"].float()
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected) - set(family.ignorable_keys))
-    wrong = sorted(k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape))
-    if missing or unexpected or wrong:
-        raise ArtifactError(
-            f"{directory} does not match the {family.name} architecture: missing {missing[:8]}, "
-            f"unexpected {unexpected[:8]}, wrong shapes {wrong[:8]}"
-        )
     model.load_state_dict({k: state[k].to(torch.float32) for k in expected})
     return model.float().eval()
 
 
 def tokenizer_file(directory: Path) -> Path:
-    """tokenizer.json, converted once with transformers from the slow files when the checkpoint has none."""
+    """tokenizer.json, or one converted with transformers from the slow files when the checkpoint has none.
+
+    Conversions are cached under RERANK_CACHE/tokenizers/<hash of the checkpoint's non-weight files>, so two
+    checkpoints with the same folder name never share one, and the checkpoint's own Python is never run
+    (trust_remote_code=False: transformers raises instead of asking).
+    """
     path = directory / "tokenizer.json"
     if path.is_file():
         return path
+    from .testing.factory import cache_root
+
+    out = cache_root() / "tokenizers" / _tokenizer_key(directory) / "tokenizer.json"
+    if out.is_file():
+        return out
     transformers = require("transformers")
-    out = Path(os.environ.get("RERANK_CACHE", Path.home() / ".cache" / "rerank")) / "tokenizers" / directory.name
-    out.mkdir(parents=True, exist_ok=True)
-    transformers.AutoTokenizer.from_pretrained(str(directory)).backend_tokenizer.save(str(out / "tokenizer.json"))
-    return out / "tokenizer.json"
+    try:
+        backend = transformers.AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False).backend_tokenizer
+    except Exception as exc:  # transformers raises many types; none of them is ours
+        raise ArtifactError(f"{directory} has no tokenizer.json and its slow tokenizer cannot be converted without "
+                            f"running code ({type(exc).__name__}: {' '.join(str(exc).split())}); add the model's "
+                            "tokenizer.json to the checkpoint") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.{os.getpid()}")
+    backend.save(str(partial))
+    os.replace(partial, out)  # readers never see half a file
+    return out
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf")
+
+
+def _tokenizer_key(directory: Path) -> str:
+    """A hash of every file of the checkpoint except its weights (tokenizer files, configs)."""
+    digest = hashlib.sha256()
+    for path in sorted(directory.iterdir()):
+        if path.is_file() and not path.name.endswith(_WEIGHT_SUFFIXES) and path.name != INDEX:
+            digest.update(f"{path.name}\0{sha256_file(path)}\0".encode())
+    return digest.hexdigest()[:32]
 
 
 def _token(value: Any) -> str | None:
@@ -123,9 +123,7 @@ def _token(value: Any) -> str | None:
 
 def model_spec(directory: Path, config: dict[str, Any], family: FamilySpec) -> ModelSpec:
     """What the host needs to build FlagEmbedding's token layout for this checkpoint."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(tokenizer_file(directory)))
+    tok = read_tokenizer(tokenizer_file(directory))
     tcfg_path = directory / "tokenizer_config.json"
     tcfg = read_json(tcfg_path) if tcfg_path.is_file() else {}
     smap_path = directory / "special_tokens_map.json"
@@ -142,29 +140,15 @@ def model_spec(directory: Path, config: dict[str, Any], family: FamilySpec) -> M
         raise ArtifactError(f"{directory}: the tokenizer has no pad token and config.json no pad_token_id; FlagEmbedding needs one")
     side = tcfg.get("padding_side") or ("left" if tcfg.get("tokenizer_class") in _LEFT_PADDING_CLASSES else "right")
     common = dict(model_class=family.model_class, pad_token_id=pad, padding_side=side,
-                  model_max_length=_max_length(tcfg))
+                  model_max_length=_max_length(tcfg), max_positions=family.max_positions(config))
     if family.model_class == ENCODER:
         prefix, middle, suffix = pair_template(tok)
         return ModelSpec(**common, pair_prefix=prefix, pair_middle=middle, pair_suffix=suffix)
-    yes = tok.encode("Yes", add_special_tokens=False).ids
+    yes = text_ids(tok, YES_TEXT)
     layers = family.layers(config)
     n, start, sep = layers if layers else (None, None, 1)
     return ModelSpec(**common, bos_token_id=token_id("bos_token", None), yes_token_id=yes[0],
                      num_layers=n, start_layer=start, layer_sep=sep)
-
-
-def pair_template(tok: Any) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """The special tokens the tokenizer's post-processor puts before, between and after a pair (HF's own template:
-    XLM-R gives <s> | </s></s> | </s>), read off a pair encoding by its sequence ids."""
-    enc = tok.encode("a", "b", add_special_tokens=True)
-    parts: list[list[int]] = [[], [], []]
-    part = 0
-    for token, seq in zip(enc.ids, enc.sequence_ids):
-        if seq is None:
-            parts[part].append(token)
-        else:
-            part = seq + 1
-    return tuple(parts[0]), tuple(parts[1]), tuple(parts[2])
 
 
 def _max_length(tcfg: dict[str, Any]) -> int | None:

@@ -5,14 +5,20 @@
   rerank-export engine exports/bge-reranker-v2-gemma-fp16     build an engine for an existing export
   rerank-export list                                          the supported families and built-in demo models
 
-Exit codes: 0 done; 2 bad input (unknown model, bad options, existing output, missing dependency); 3 the artifact
-failed verification against the PyTorch reference.
+Exit codes: 0 done; 2 bad input (unknown model, bad options, an --output that may not be written or replaced, an
+unreadable or inconsistent checkpoint, an unwritable directory, missing dependency), one line on stderr naming the
+file and the problem; 3 the artifact failed verification against the PyTorch reference; 130 / 143 interrupted by
+SIGINT / SIGTERM (temporary files removed, nothing half-written).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Sequence
 
 MODEL_CLASSES = ("encoder-only-base", "decoder-only-base", "decoder-only-layerwise", "decoder-only-lightweight")
@@ -96,20 +102,56 @@ def _list(argv: Sequence[str]) -> int:
     return 0
 
 
+@contextmanager
+def _interrupts_handled() -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt / Terminated and are remembered (see rerank_export.output)."""
+    from .output import forget_interrupts, on_interrupt
+
+    forget_interrupts()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, on_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupted(signum: int) -> int:
+    name = signal.Signals(signum).name
+    print(f"rerank-export: interrupted by {name}; temporary files were removed", file=sys.stderr)
+    return 128 + signum
+
+
+def _fail(kind: str, exc: BaseException) -> None:
+    message = " ".join(str(exc).split())  # one line, whatever the exception's text holds
+    print(f"rerank-export: {kind}: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = {"engine": _engine, "list": _list}.get(argv[0] if argv else "", _export)
     rest = argv[1:] if command is not _export else argv
     from rerank_runtime.errors import ParityError, RerankError
 
+    from .output import interrupted
+
     try:
-        return command(rest)
-    except ParityError as exc:
-        print(f"rerank-export: verification failed: {exc}", file=sys.stderr)
-        return 3
-    except RerankError as exc:
-        print(f"rerank-export: error: {exc}", file=sys.stderr)
-        return 2
+        with _interrupts_handled():
+            return command(rest)
+    except (KeyboardInterrupt, Exception) as exc:
+        signum = interrupted()
+        if signum is not None or isinstance(exc, KeyboardInterrupt):  # a library may turn it into its own error
+            return _interrupted(signum or signal.SIGINT)
+        if isinstance(exc, ParityError):
+            _fail("verification failed", exc)
+            return 3
+        if isinstance(exc, (RerankError, OSError)):  # OSError: a path that cannot be read or written, named by it
+            _fail("error", exc)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

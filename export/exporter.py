@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from rerank_runtime.errors import ExportError, ParityError
+from rerank_runtime.integrity import describe_tokenizer
 from rerank_runtime.kinds import DEFAULT_COMPRESS_LAYERS, build_request, get_kind
 from rerank_runtime.manifest import GraphInfo, Manifest, TensorSpec
 from rerank_runtime.spec import LAYERWISE, LIGHTWEIGHT, MODEL_CLASSES, GraphRequest, ModelSpec
 
 from .checkpoint import load_model, model_spec, read_json, resolve_model, tokenizer_file
 from .families import FamilySpec, detect_family
+from .output import Target, check_output, discard, make_work_dir, publish, remove_stale, reraise_interrupt
 from .precision import PRECISIONS, cast_weights
 from .progress import Progress
+from .weights import check_weights
 
 PHASES = ["load", "trace", "optimise", "verify"]
 
@@ -48,6 +50,7 @@ class ExportPlan:
     request: GraphRequest
     defaults: dict[str, Any]
     output: Path
+    target: Target  # what is at the output now, and may be replaced
 
 
 def plan_export(opts: ExportOptions) -> ExportPlan:
@@ -66,12 +69,15 @@ def plan_export(opts: ExportOptions) -> ExportPlan:
 
         model_class = detect_model_class(str(checkpoint) if Path(opts.model).is_dir() else opts.model)
     family = detect_family(config, model_class)
+    check_weights(checkpoint, config, family)  # config against the weights' shapes, before anything is built
     spec = model_spec(checkpoint, config, family)
+    if spec.max_positions is not None and opts.max_length > spec.max_positions:
+        raise ExportError(f"--max-length {opts.max_length} is more than this model serves: its position table serves "
+                          f"{spec.max_positions} tokens; pass --max-length {spec.max_positions} or less")
     request, defaults = _request(opts, family, spec)
     output = Path(opts.output) if opts.output else Path("exports") / f"{_name(opts.model)}-{opts.precision}"
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not opts.overwrite:
-        raise ExportError(f"{output} exists and is not empty; pass --overwrite to replace it or choose --output")
-    return ExportPlan(opts, checkpoint, config, family, spec, request, defaults, output)
+    target = check_output(output, opts.overwrite, checkpoint)
+    return ExportPlan(opts, checkpoint, config, family, spec, request, defaults, output, target)
 
 
 def _name(model: str) -> str:
@@ -119,28 +125,35 @@ def _refuse_idle_compression(opts: ExportOptions, ratio: int, layers: list[int],
 def max_sequence_length(plan: ExportPlan, tokenizer: Any) -> int:
     """The longest sequence FlagEmbedding's layout makes at max_length with the default prompt."""
     n = plan.options.max_length
-    kind = get_kind(plan.family.model_class)
-    if kind.default_prompt is None:
+    if get_kind(plan.family.model_class).default_prompt is None:
         return n
-    sep = len(tokenizer.encode("\n", add_special_tokens=False).ids)
-    prompt = len(tokenizer.encode(kind.default_prompt, add_special_tokens=False).ids)
+    layout = describe_tokenizer(tokenizer, plan.spec)
+    sep, prompt = len(layout.separator_ids), len(layout.prompt_ids)
     return int(math.ceil((1 + n + 2 * sep + 2 * prompt) / 8) * 8)
 
 
 def export_onnx(opts: ExportOptions, progress: Progress | None = None) -> Path:
-    """Export, optimise, write manifest and tokenizer, verify; the output appears only when all of it succeeded."""
+    """Export, optimise, write manifest and tokenizer, verify; the output appears only when all of it succeeded.
+
+    Nothing that is not provably ours is deleted or replaced: see rerank_export.output."""
     plan = plan_export(opts)
     report = progress or Progress(PHASES if opts.verify else PHASES[:-1])
+    parent = plan.output.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale(parent):
+            report.say(f"removed {stale}, left behind by an export that was killed")
+        work = make_work_dir(parent, plan.output.name)
+    except OSError as exc:
+        raise ExportError(f"cannot write the export beside {plan.output}: {exc.strerror} ({exc.filename}); "
+                          "choose an --output in a writable directory") from None
     report.say(f"exporting {plan.checkpoint} ({plan.family.name}, {plan.family.model_class}) at {opts.precision}")
-    plan.output.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{plan.output.name}-", dir=plan.output.parent))
     try:
         _build(plan, work, report)
-        if plan.output.exists():
-            shutil.rmtree(plan.output)
-        work.rename(plan.output)
+        reraise_interrupt()  # an interrupt a library swallowed (torch's exporter may retry) still stops the export
+        publish(work, plan.target)
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        discard(work)
         raise
     report.say(f"wrote {plan.output}")
     return plan.output
@@ -160,6 +173,7 @@ def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
     onnx_path = work / "model.onnx"
     with report.phase("trace"):
         external = trace_to_onnx(wrapper.eval(), plan.family, plan.request, plan.spec.pad_token_id, onnx_path)
+    reraise_interrupt()
     del model, wrapper
     with report.phase("optimise"):
         if opts.precision == "int8":
@@ -173,8 +187,8 @@ def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
         precision=opts.precision, graph=graph_info(onnx_path, external, OPSET), max_length=opts.max_length,
         max_sequence_length=max_sequence_length(plan, tokenizer), exits=plan.request.exits,
         compress_ratio=plan.request.compress_ratio, compress_layers=plan.request.compress_layers,
-        defaults=plan.defaults, token_layout=token_layout(plan, tokenizer), versions=versions(),
-    )
+        defaults=plan.defaults, versions=versions(),
+    )  # write() records the files' sizes and hashes and the tokenizer's layout
     manifest.write(work)
     if opts.verify:
         from .verify import verify
@@ -191,7 +205,7 @@ def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
                 ) from None
         report.say(f"verified on {result['pairs']} probe pairs x {result['outputs']} outputs: max abs diff "
                    f"{result['max_abs_diff']:.2e}, Spearman {result['spearman']:.4f} ({result['method']})")
-        Manifest.from_dict({**manifest.to_dict(), "verification": result}, where="verification").write(work)
+        replace(manifest, verification=result).write(work)
 
 
 def _verify_call(plan: ExportPlan) -> dict[str, Any]:
@@ -214,16 +228,6 @@ def graph_info(path: Path, external: list[str], opset: int) -> GraphInfo:
 
     return GraphInfo(file=path.name, opset=opset, inputs=tuple(spec(v) for v in model.graph.input),
                      outputs=tuple(spec(v) for v in model.graph.output), external_data=tuple(external))
-
-
-def token_layout(plan: ExportPlan, tokenizer: Any) -> dict[str, Any]:
-    kind = get_kind(plan.family.model_class)
-    layout: dict[str, Any] = {"query_instruction": kind.query_instruction, "passage_instruction": kind.passage_instruction,
-                              "default_prompt": kind.default_prompt, "yes_token_id": plan.spec.yes_token_id}
-    if kind.default_prompt is not None:
-        layout["separator_ids"] = tokenizer.encode("\n", add_special_tokens=False).ids
-        layout["prompt_ids"] = tokenizer.encode(kind.default_prompt, add_special_tokens=False).ids
-    return layout
 
 
 def versions() -> dict[str, str]:

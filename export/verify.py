@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rerank_runtime.errors import ParityError
-from rerank_runtime.tolerances import tolerance
+from rerank_runtime.errors import NonFiniteScoreError, ParityError
+from rerank_runtime.manifest import Manifest
+from rerank_runtime.tolerances import allclose, spearman, tolerance
 
 from .probe import PROBE_PAIRS
 
@@ -24,18 +27,9 @@ CPU_METHOD = {
 }
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    if a.size < 2:
-        return 1.0
-    ra, rb = np.argsort(np.argsort(a)).astype(float), np.argsort(np.argsort(b)).astype(float)
-    ra -= ra.mean()
-    rb -= rb.mean()
-    denom = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
-    return 1.0 if denom == 0 else float((ra * rb).sum() / denom)
-
-
 def widen_bf16(src: Path, dst: Path) -> None:
-    """Copy an artifact, rewriting model.onnx so that every bf16 tensor and cast becomes fp32."""
+    """Copy an artifact, rewriting model.onnx so that every bf16 tensor and cast becomes fp32 (and its manifest's
+    file records with it)."""
     import onnx
     from onnx import TensorProto, numpy_helper
 
@@ -55,38 +49,54 @@ def widen_bf16(src: Path, dst: Path) -> None:
         if vi.type.tensor_type.elem_type == TensorProto.BFLOAT16:
             vi.type.tensor_type.elem_type = TensorProto.FLOAT
     onnx.save(model, str(dst / "model.onnx"))
+    Manifest.read(dst).write(dst)  # the copy's manifest records the widened graph it holds
 
 
 def verify(export_dir: Path, checkpoint: Path, model_class: str, precision: str, max_length: int,
            call: dict[str, Any]) -> dict[str, Any]:
-    """Compare the artifact with the fp32 reference on the probe set; raise ParityError beyond the tolerance."""
+    """Compare the artifact with the fp32 reference on the probe set; raise ParityError beyond the tolerance or on
+    any NaN or infinite probe score (from either side), naming the probe pair."""
     from rerank_runtime.rerankers import FlagAutoReranker as Runtime
 
     from .reference import FlagAutoReranker as Reference
 
     kwargs = dict(max_length=min(max_length, 512), batch_size=4)
     reference = Reference.from_finetuned(str(checkpoint), model_class=model_class, **kwargs)
-    expected = np.atleast_2d(reference.compute_score_array(PROBE_PAIRS, **call))
+    with _non_finite_fails("the fp32 PyTorch reference"):
+        expected = np.atleast_2d(reference.compute_score_array(PROBE_PAIRS, **call))
     with tempfile.TemporaryDirectory() as tmp:
         target = export_dir
         if precision == "bf16":
             target = Path(tmp) / "widened"
             widen_bf16(export_dir, target)
         runtime = Runtime.from_finetuned(str(target), model_class=model_class, devices="cpu", **kwargs)
-        got = np.atleast_2d(runtime.compute_score_array(PROBE_PAIRS, **call))
+        with _non_finite_fails(f"the ONNX graph in {export_dir}"):
+            got = np.atleast_2d(runtime.compute_score_array(PROBE_PAIRS, **call))
     tol = tolerance(precision, "cpu")
-    diff = np.abs(got - expected)
-    worst = float(diff.max())
-    excess = float((diff - (tol.atol + tol.rtol * np.abs(expected))).max())
+    close = allclose(got, expected, tol)
     rho = min(spearman(g, e) for g, e in zip(got, expected))
     result = {"provider": "CPUExecutionProvider", "method": CPU_METHOD[precision], "pairs": len(PROBE_PAIRS),
-              "outputs": int(got.shape[0]), "max_abs_diff": worst, "spearman": rho,
+              "outputs": int(got.shape[0]), "max_abs_diff": close.max_abs_diff, "spearman": rho,
               "tolerance": {"atol": tol.atol if np.isfinite(tol.atol) else None,  # JSON has no Infinity
                             "rtol": tol.rtol, "min_spearman": tol.min_spearman}, "passed": True}
-    if excess > 0 or rho < tol.min_spearman:
+    if not close.ok or rho < tol.min_spearman:
         raise ParityError(
             f"{export_dir} scores differ from the fp32 reference beyond the {precision} tolerance: max abs diff "
-            f"{worst:.3g} (atol {tol.atol}, rtol {tol.rtol}), Spearman {rho:.4f} (min {tol.min_spearman})",
-            diffs={"max_abs_diff": worst, "spearman": rho}, tolerance=tol.atol,
+            f"{close.max_abs_diff:.3g} (atol {tol.atol}, rtol {tol.rtol}), Spearman {rho:.4f} (min {tol.min_spearman})",
+            diffs={"max_abs_diff": close.max_abs_diff, "spearman": rho}, tolerance=tol.atol,
         )
     return result
+
+
+@contextmanager
+def _non_finite_fails(side: str) -> Iterator[None]:
+    """Turn the runtime's NonFiniteScoreError into a failed verification that names the probe pair."""
+    try:
+        yield
+    except NonFiniteScoreError as exc:
+        query, passage = PROBE_PAIRS[exc.index]
+        raise ParityError(
+            f"{side} scored probe pair {exc.index} ({query!r}, {passage[:40]!r}...) as {exc.value} on output "
+            f"{exc.output!r}; a non-finite score never passes verification (an fp16 overflow is the usual cause)",
+            diffs={"non_finite_probe": float(exc.index)},
+        ) from None

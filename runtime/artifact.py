@@ -1,8 +1,10 @@
 """Load an export directory (manifest.json + model.onnx [+ external data] + tokenizer.json) into a `Loaded` bundle.
 
-Every file is checked before ONNX Runtime sees it, so a missing, truncated or corrupt file is reported by name:
-the ONNX protobuf is walked (without the onnx package) far enough to find truncation and every external-data
-reference, whose file must exist and be long enough.
+Every file is checked before ONNX Runtime (or TensorRT) sees it, so a missing, truncated, corrupt or foreign file is
+reported by name: the ONNX protobuf is walked (without the onnx package) far enough to find truncation and every
+external-data reference, whose file must exist and be long enough; then every file is compared with the size and
+sha256 manifest.json records (hashing can be skipped with verify_hashes=False for very large artifacts, sizes are
+always compared), and the tokenizer is re-measured against the manifest's token layout (integrity.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from .errors import (ArtifactError, ManifestMismatchError, ModelNotFoundError, UnknownFamilyError,
                      UnsupportedRequestError)
+from .integrity import check_engine, check_file, check_tokenizer, read_tokenizer
 from .manifest import MANIFEST_FILE, Manifest
 from .onnx_backend import OnnxBackend
 from .providers import DeviceArg, resolve
@@ -37,18 +40,26 @@ def load_artifact(
     provider: str | None = None,
     session_options: Any = None,
     trt_cache_dir: str | os.PathLike[str] | None = None,
+    verify_hashes: bool = True,
 ) -> Loaded:
-    """Check and load an export directory. Precision comes from the artifact: use_fp16/use_bf16 only assert it."""
+    """Check and load an export directory. Precision comes from the artifact: use_fp16/use_bf16 only assert it.
+
+    verify_hashes: compare every file's sha256 with the manifest's record (the default); False skips hashing, for
+    artifacts so large that reading them twice matters. File sizes and the tokenizer's ids are always checked.
+    """
     export_dir, manifest = _read(path)
     _check_request(manifest, export_dir, model_class, use_fp16, use_bf16)
-    tokenizer = _tokenizer(export_dir / manifest.tokenizer)
+    tokenizer = _tokenizer(export_dir, manifest, verify_hashes)
     placements = resolve(provider, devices, manifest=manifest, export_dir=export_dir, trt_cache_dir=trt_cache_dir)
     if placements[0].provider == "trt-engine":
+        if manifest.tensorrt is not None:  # without a section the backend says how to build an engine
+            check_engine(export_dir, manifest.tensorrt, verify_hashes)
         backend: Any = _trt_backend(export_dir, manifest, [p.device_id for p in placements])
     else:
-        check_model_files(export_dir, manifest)
+        check_model_files(export_dir, manifest, verify_hashes)
         backend = OnnxBackend(export_dir, manifest, placements, session_options)
-    return Loaded(spec=manifest.spec, tokenizer=tokenizer, backend=backend, defaults=dict(manifest.defaults))
+    return Loaded(spec=manifest.spec, tokenizer=tokenizer, backend=backend, defaults=dict(manifest.defaults),
+                  max_length=manifest.max_length)
 
 
 def detect_model_class(path: str | os.PathLike[str]) -> str:
@@ -94,14 +105,15 @@ def _check_request(manifest: Manifest, export_dir: Path, model_class: str | None
             )
 
 
-def _tokenizer(path: Path) -> Any:
-    if not path.is_file():
-        raise ArtifactError(f"tokenizer file {path} is missing; re-export the artifact with `rerank-export`")
-    tokenizers = importlib.import_module("tokenizers")
-    try:
-        return tokenizers.Tokenizer.from_file(str(path))
-    except Exception as exc:  # tokenizers raises a bare Exception for unreadable JSON
-        raise ArtifactError(f"tokenizer file {path} cannot be read ({exc}); re-export the artifact") from exc
+def _tokenizer(export_dir: Path, manifest: Manifest, verify_hashes: bool) -> Any:
+    """tokenizer.json, checked against its file record and the manifest's token layout."""
+    path = export_dir / manifest.tokenizer
+    if path.is_file():
+        check_file(path, manifest.files[manifest.tokenizer], "tokenizer", verify_hashes)
+    tokenizer = read_tokenizer(path)
+    assert manifest.token_layout is not None  # Manifest.read requires it
+    check_tokenizer(tokenizer, manifest.spec, manifest.token_layout, path)
+    return tokenizer
 
 
 def _trt_backend(export_dir: Path, manifest: Manifest, device_ids: Sequence[int]) -> Any:
@@ -133,8 +145,16 @@ class RoundRobin:
 # --- model file checks -----------------------------------------------------------------------------------------------
 
 
-def check_model_files(export_dir: Path, manifest: Manifest) -> None:
-    """Raise ArtifactError naming the file if model.onnx or an external-data file is missing, truncated or corrupt."""
+def check_model_files(export_dir: Path, manifest: Manifest, verify_hashes: bool = True) -> None:
+    """Raise ArtifactError naming the file if model.onnx or an external-data file is missing, truncated, corrupt, or
+    not the file manifest.json records (size always, sha256 when verify_hashes)."""
+    _check_graph_framing(export_dir, manifest)
+    labels = manifest.artifact_files()
+    for name in (manifest.graph.file, *manifest.graph.external_data):
+        check_file(export_dir / name, manifest.files[name], labels[name], verify_hashes)
+
+
+def _check_graph_framing(export_dir: Path, manifest: Manifest) -> None:
     model = export_dir / manifest.graph.file
     for name in manifest.graph.external_data:
         if not (export_dir / name).is_file():

@@ -31,6 +31,24 @@ class UnsupportedRequestError(RerankError, ValueError):
     """Arguments that the artifact cannot serve (a head it lacks, other compression settings, ...)."""
 
 
+class LengthLimitError(UnsupportedRequestError):
+    """A max_length / query_max_length beyond the export's max_length or the model's position table, or a pair whose
+    token sequence is longer than the position table. `index` is the pair's position in the input, when one is."""
+
+    def __init__(self, message: str, index: int | None = None):
+        super().__init__(message)
+        self.index = index
+
+
+class InvalidTextError(RerankError, ValueError):
+    """A query or passage that is not valid Unicode text (a lone surrogate), found before any pair is scored.
+    `index` is the pair's position in the input."""
+
+    def __init__(self, message: str, index: int | None):
+        super().__init__(message)
+        self.index = index
+
+
 class ProviderUnavailableError(RerankError):
     """An execution provider or device that is not available, or that ONNX Runtime fell back from."""
 

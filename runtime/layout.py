@@ -12,8 +12,23 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 
+from .errors import InvalidTextError
 from .kinds import Kind, bos_prefix
 from .spec import ENCODER, LIGHTWEIGHT, ModelSpec
+
+
+def check_text(what: str, text: str, index: int | None = None) -> None:
+    """InvalidTextError unless `text` is valid Unicode (no lone surrogate), which the tokenizer needs."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidTextError(
+            f"{what} holds a lone surrogate {text[exc.start]!r} at character {exc.start}, which is not valid Unicode "
+            "text and cannot be tokenized; decode the source with errors='replace', or remove the character",
+            index,
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -24,6 +39,13 @@ class Instructions:
     query_format: str = "{}{}"
     passage: str | None = None
     passage_format: str = "{}{}"
+
+    def __post_init__(self) -> None:
+        for name in ("query", "passage"):
+            for suffix in ("", "_format"):
+                value = getattr(self, name + suffix)
+                if isinstance(value, str):
+                    check_text(f"the {name} instruction{suffix.replace('_', ' ')}", value)
 
     def apply(self, queries: Sequence[str], passages: Sequence[str]) -> tuple[list[str], list[str]]:
         return _apply(self.query, self.query_format, queries), _apply(self.passage, self.passage_format, passages)
@@ -81,6 +103,28 @@ def plain_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
     return copy
 
 
+SEPARATOR = "\n"  # the decoder kinds put it between query and passage and before the prompt
+
+
+def text_ids(tokenizer: Tokenizer, text: str) -> list[int]:
+    """The ids of `text` on its own, without special tokens."""
+    return list(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def pair_template(tokenizer: Tokenizer) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """The special tokens the tokenizer's post-processor puts before, between and after a pair (HF's own template:
+    XLM-R gives <s> | </s></s> | </s>), read off a pair encoding by its sequence ids."""
+    enc = tokenizer.encode("a", "b", add_special_tokens=True)
+    parts: list[list[int]] = [[], [], []]
+    part = 0
+    for token, seq in zip(enc.ids, enc.sequence_ids):
+        if seq is None:
+            parts[part].append(token)
+        else:
+            part = seq + 1
+    return tuple(parts[0]), tuple(parts[1]), tuple(parts[2])
+
+
 def cut_second(first_len: int, second: list[int], limit: int) -> list[int]:
     """HF `truncation='only_second'`: drop tokens from the right of `second` so the pair fits `limit`.
 
@@ -112,8 +156,8 @@ class PairEncoder:
             self.sep: list[int] = []
             self.prompt: list[int] = []
         else:
-            self.sep = list(tokenizer.encode("\n", add_special_tokens=False).ids)
-            self.prompt = list(tokenizer.encode(settings.prompt or "", add_special_tokens=False).ids)
+            self.sep = text_ids(tokenizer, SEPARATOR)
+            self.prompt = text_ids(tokenizer, settings.prompt or "")
 
     def encode(self, queries: Sequence[str], passages: Sequence[str]) -> EncodedChunk:
         """queries / passages: the instruction-applied texts."""

@@ -1,8 +1,13 @@
 """manifest.json: what an export directory holds, so the runtime reads facts instead of guessing.
 
-The exporter writes it with `Manifest.write`; every loader reads it with `Manifest.read`, which validates it strictly
-(unknown keys, wrong types and inconsistent fields raise ArtifactError naming the file and the field).
-`validate_against` then checks that the graph beside it has exactly the inputs and outputs the manifest records.
+The exporter writes it with `Manifest.write`, which first measures the directory (`sealed`): the size and sha256 of
+every artifact file and the tokenizer's `TokenLayout` (see integrity.py). Every loader reads it with `Manifest.read`,
+which validates it strictly (unknown keys, wrong types, out-of-range spec fields and inconsistent fields raise
+ArtifactError naming the file and the field). `validate_against` then checks that the graph beside it has exactly
+the inputs and outputs the manifest records.
+
+Schema 2 (this version) added `files`, the typed `token_layout` and `spec.max_positions`; schema 1 manifests are
+refused with a request to re-export, since they carry nothing to check the files against.
 """
 
 from __future__ import annotations
@@ -10,30 +15,30 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError, ManifestMismatchError
-from .spec import ENCODER, DECODER, LIGHTWEIGHT, ModelSpec, exit_name
+from .graph_io import DTYPE_OF_ORT, ORT_TYPES, graph_io
+from .integrity import (FileRecord, TokenLayout, check_tokenizer, describe_tokenizer, read_tokenizer,
+                        record_file)
+from .jsonfields import HINT as _HINT
+from .jsonfields import JsonObject, is_int
+from .kinds import get_kind
+from .spec import ENCODER, DECODER, LIGHTWEIGHT, ModelSpec, SpecFieldError, exit_name
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 SCORE_SEMANTICS = "raw logit; normalize=True applies a sigmoid"
 SINGLE_SCORE_CLASSES = (ENCODER, DECODER)  # one output, "score"; the other kinds have one output per exit
 
-# manifest dtype name -> ONNX Runtime's NodeArg.type string
-ORT_TYPES = {
-    "float32": "tensor(float)", "float16": "tensor(float16)", "bfloat16": "tensor(bfloat16)",
-    "float64": "tensor(double)", "int64": "tensor(int64)", "int32": "tensor(int32)",
-    "int8": "tensor(int8)", "uint8": "tensor(uint8)", "bool": "tensor(bool)",
-}
-_DTYPE_OF_ORT = {v: k for k, v in ORT_TYPES.items()}
 _KEYS = ("schema_version", "format", "model_name", "source", "family", "spec", "precision", "graph", "exits",
          "compress_ratio", "compress_layers", "defaults", "token_layout", "max_length", "max_sequence_length",
-         "tokenizer", "score", "tensorrt", "versions", "verification")
-_HINT = "fix the file or re-export the artifact with `rerank-export`"
+         "tokenizer", "files", "score", "tensorrt", "versions", "verification")
+_LAYOUT_KEYS = ("vocab_size", "pad_token", "bos_token", "separator_ids", "prompt_ids")
+_SHA256_DIGITS = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True)
@@ -75,8 +80,9 @@ class Manifest:
     compress_ratio: int = 1
     compress_layers: tuple[int, ...] = ()
     defaults: dict[str, Any] = field(default_factory=dict)
-    token_layout: dict[str, Any] = field(default_factory=dict)
+    token_layout: TokenLayout | None = None  # measured by sealed()/write(); required on read
     tokenizer: str = "tokenizer.json"
+    files: Mapping[str, FileRecord] = field(default_factory=dict)  # measured by sealed()/write(); required on read
     score: str = SCORE_SEMANTICS
     tensorrt: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=dict)
@@ -97,9 +103,27 @@ class Manifest:
             raise ArtifactError(f"{path} is not valid JSON ({exc}); {_HINT}") from exc
         return cls.from_dict(data, where=str(path))
 
+    def artifact_files(self) -> dict[str, str]:
+        """{file name: what it is} for every file of the artifact that `files` records."""
+        return {self.graph.file: "model", **{n: "external data" for n in self.graph.external_data},
+                self.tokenizer: "tokenizer"}
+
+    def sealed(self, export_dir: str | os.PathLike[str]) -> Manifest:
+        """This manifest with `files` and `token_layout` measured from the files in export_dir as they are now.
+
+        Raises ManifestMismatchError if the tokenizer there does not give the ids `spec` records.
+        """
+        root = Path(export_dir)
+        files = {name: record_file(root / name) for name in self.artifact_files()}
+        tokenizer = read_tokenizer(root / self.tokenizer)
+        layout = describe_tokenizer(tokenizer, self.spec, str(root / self.tokenizer))
+        check_tokenizer(tokenizer, self.spec, layout, root / self.tokenizer)
+        return replace(self, files=files, token_layout=layout)
+
     def write(self, export_dir: str | os.PathLike[str]) -> Path:
-        """Validate, then write manifest.json atomically (sorted keys, indent 2)."""
-        data = self.to_dict()
+        """Seal (measure the artifact files in export_dir), validate, then write manifest.json atomically (sorted
+        keys, indent 2). Write it after the files it describes; rewriting it re-measures them."""
+        data = self.sealed(export_dir).to_dict()
         Manifest.from_dict(data, where="the manifest being written")
         path = Path(export_dir) / MANIFEST_FILE
         tmp = path.with_name(MANIFEST_FILE + ".tmp")
@@ -113,27 +137,24 @@ class Manifest:
             "source": self.source, "family": self.family, "spec": self.spec.to_dict(), "precision": self.precision,
             "graph": self.graph.to_dict(), "exits": [[layer, head] for layer, head in self.exits],
             "compress_ratio": self.compress_ratio, "compress_layers": list(self.compress_layers),
-            "defaults": dict(self.defaults), "token_layout": dict(self.token_layout), "max_length": self.max_length,
-            "max_sequence_length": self.max_sequence_length, "tokenizer": self.tokenizer, "score": self.score,
+            "defaults": dict(self.defaults),
+            "token_layout": None if self.token_layout is None else self.token_layout.to_dict(),
+            "max_length": self.max_length, "max_sequence_length": self.max_sequence_length,
+            "tokenizer": self.tokenizer, "files": {name: r.to_dict() for name, r in sorted(self.files.items())},
+            "score": self.score,
             "tensorrt": None if self.tensorrt is None else dict(self.tensorrt), "versions": dict(self.versions),
             "verification": dict(self.verification),
         }
 
     @classmethod
     def from_dict(cls, data: object, where: str = MANIFEST_FILE) -> Manifest:
-        top = _Obj(data, "", where)
+        top = JsonObject(data, "", where)
+        _check_version(top, where)
         unknown = sorted(set(top.d) - set(_KEYS))
         if unknown:
             raise ArtifactError(f"{where}: unknown field(s) {unknown}; known fields: {sorted(_KEYS)}; {_HINT}")
-        version = top.integer("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ArtifactError(f"{where}: schema_version {version} is not supported (this runtime reads "
-                                f"{SCHEMA_VERSION}); upgrade bge-rerank-fast or re-export with this version")
         top.choice("format", ("onnx",))
-        try:
-            spec = ModelSpec.from_dict(top.obj("spec").d)
-        except (ValueError, TypeError) as exc:
-            raise ArtifactError(f"{where}: field 'spec' is invalid: {exc}; {_HINT}") from exc
+        spec = _spec(top)
         tensorrt = top.get("tensorrt")
         manifest = cls(
             model_name=top.text("model_name"), source=top.text("source"), family=top.text("family"), spec=spec,
@@ -141,9 +162,10 @@ class Manifest:
             max_length=top.integer("max_length", 1), max_sequence_length=top.integer("max_sequence_length", 1),
             exits=_exits(top), compress_ratio=top.integer("compress_ratio", 1),
             compress_layers=tuple(top.integers("compress_layers", 1)), defaults=top.obj("defaults").d,
-            token_layout=top.obj("token_layout").d, tokenizer=top.filename("tokenizer"), score=top.text("score"),
+            token_layout=_token_layout(top.obj("token_layout")), tokenizer=top.filename("tokenizer"),
+            files=_files(top.obj("files")), score=top.text("score"),
             tensorrt=None if tensorrt is None else top.obj("tensorrt").d, versions=_versions(top),
-            verification=top.obj("verification").d, schema_version=version, format="onnx",
+            verification=top.obj("verification").d, schema_version=SCHEMA_VERSION, format="onnx",
         )
         manifest._check_consistency(where)
         return manifest
@@ -179,6 +201,22 @@ class Manifest:
             names = [t.name for t in getattr(self.graph, side)]
             if len(set(names)) != len(names):
                 raise fail(f"field 'graph.{side}' has duplicate names: {names}")
+        if sorted(self.files) != sorted(self.artifact_files()):
+            raise fail(f"field 'files' must record exactly {sorted(self.artifact_files())} (the graph, its external "
+                       f"data and the tokenizer), found {sorted(self.files)}")
+        self._check_kind_fields(fail)
+
+    def _check_kind_fields(self, fail: Any) -> None:
+        """Spec fields a kind cannot do without: decoders score a "Yes" id, the layer kinds count layers."""
+        kind = get_kind(self.spec.model_class)
+        needed = (["yes_token_id"] if kind.default_prompt is not None else []) + (
+            ["num_layers", "start_layer"] if kind.takes_cutoff else [])
+        for name in needed:
+            value = getattr(self.spec, name)
+            if value is None:
+                minimum = 1 if name == "num_layers" else 0
+                raise fail(f"field 'spec.{name}' must be an integer >= {minimum} for model_class "
+                           f"{self.spec.model_class!r}, found None")
 
     # --- queries ---------------------------------------------------------------------------------------------------
 
@@ -199,11 +237,11 @@ class Manifest:
         with .name, .type and .shape), or a mapping {"inputs": {name: dtype}, "outputs": {name: dtype}} whose dtypes
         are manifest names ("int64"), ONNX Runtime type strings ("tensor(int64)") or None (not compared).
         """
-        graph_io = _graph_io(session_or_io)
+        found = graph_io(session_or_io)
         problems: list[str] = []
         for side in ("inputs", "outputs"):
             want = {t.name: t for t in getattr(self.graph, side)}
-            have = graph_io[side]
+            have = found[side]
             if set(want) != set(have):
                 problems.append(f"{side}: manifest has {sorted(want)}, graph has {sorted(have)}")
                 continue
@@ -226,7 +264,7 @@ def tensors_from_session(session: Any) -> tuple[tuple[TensorSpec, ...], tuple[Te
         out: list[TensorSpec] = []
         for a in args:
             dims = tuple(d if isinstance(d, (int, str)) else f"dim{i}" for i, d in enumerate(a.shape))
-            out.append(TensorSpec(a.name, _DTYPE_OF_ORT.get(a.type, a.type), dims))
+            out.append(TensorSpec(a.name, DTYPE_OF_ORT.get(a.type, a.type), dims))
         return tuple(out)
 
     return specs(session.get_inputs()), specs(session.get_outputs())
@@ -235,72 +273,49 @@ def tensors_from_session(session: Any) -> tuple[tuple[TensorSpec, ...], tuple[Te
 # --- parsing helpers -------------------------------------------------------------------------------------------------
 
 
-class _Obj:
-    """Typed access to one JSON object; errors name the file and the dotted field path."""
-
-    def __init__(self, data: object, path: str, where: str):
-        if not isinstance(data, dict):
-            raise ArtifactError(f"{where}: field '{path.rstrip('.') or '<top level>'}' must be a JSON object, "
-                                f"found {type(data).__name__}; {_HINT}")
-        self.d: dict[str, Any] = dict(data)  # pyright: ignore[reportUnknownArgumentType]
-        self.path, self.where = path, where
-
-    def fail(self, key: str, expected: str, found: object) -> ArtifactError:
-        return ArtifactError(f"{self.where}: field '{self.path}{key}' must be {expected}, found {found!r}; {_HINT}")
-
-    def get(self, key: str) -> Any:
-        if key not in self.d:
-            raise ArtifactError(f"{self.where}: field '{self.path}{key}' is missing; {_HINT}")
-        return self.d[key]
-
-    def text(self, key: str) -> str:
-        v = self.get(key)
-        if not isinstance(v, str) or not v:
-            raise self.fail(key, "a non-empty string", v)
-        return v
-
-    def filename(self, key: str) -> str:
-        v = self.text(key)
-        if v != os.path.basename(v) or v in (".", ".."):
-            raise self.fail(key, "a file name inside the export directory (no path)", v)
-        return v
-
-    def choice(self, key: str, options: tuple[str, ...]) -> str:
-        v = self.get(key)
-        if v not in options:
-            raise self.fail(key, f"one of {list(options)}", v)
-        return v
-
-    def integer(self, key: str, minimum: int | None = None) -> int:
-        v = self.get(key)
-        if not _is_int(v) or (minimum is not None and v < minimum):
-            raise self.fail(key, "an integer" + (f" >= {minimum}" if minimum is not None else ""), v)
-        return v
-
-    def array(self, key: str) -> list[Any]:
-        v = self.get(key)
-        if not isinstance(v, list):
-            raise self.fail(key, "a list", v)
-        return v  # pyright: ignore[reportUnknownVariableType]
-
-    def integers(self, key: str, minimum: int) -> list[int]:
-        v = self.array(key)
-        if not all(_is_int(x) and x >= minimum for x in v):
-            raise self.fail(key, f"a list of integers >= {minimum}", v)
-        return v
-
-    def obj(self, key: str) -> _Obj:
-        v = self.get(key)
-        if not isinstance(v, dict):
-            raise self.fail(key, "a JSON object", v)
-        return _Obj(v, f"{self.path}{key}.", self.where)
+def _check_version(top: JsonObject, where: str) -> None:
+    version = top.integer("schema_version")
+    if version < SCHEMA_VERSION:
+        raise ArtifactError(f"{where}: schema_version {version} was written by an older rerank-export; this runtime "
+                            f"reads schema {SCHEMA_VERSION}, which records the size and sha256 of every artifact file "
+                            "so that a damaged or mixed-up file is refused: re-export it with this version "
+                            "(`rerank-export --model <checkpoint> --output <this directory> --overwrite`)")
+    if version > SCHEMA_VERSION:
+        raise ArtifactError(f"{where}: schema_version {version} is not supported (this runtime reads "
+                            f"{SCHEMA_VERSION}); upgrade bge-rerank-fast or re-export with this version")
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _spec(top: JsonObject) -> ModelSpec:
+    raw = top.obj("spec")
+    try:
+        return ModelSpec.from_dict(raw.d)
+    except SpecFieldError as exc:
+        raise ArtifactError(f"{top.where}: field 'spec.{exc.field}' {exc.problem}; {_HINT}") from exc
+    except ValueError as exc:
+        raise ArtifactError(f"{top.where}: field 'spec' is invalid: {exc}; {_HINT}") from exc
 
 
-def _graph(g: _Obj) -> GraphInfo:
+def _files(files: JsonObject) -> dict[str, FileRecord]:
+    out: dict[str, FileRecord] = {}
+    for name in files.d:
+        record = files.obj(name)
+        record.known(("bytes", "sha256"))
+        digest = record.text("sha256")
+        if len(digest) != 64 or not set(digest) <= _SHA256_DIGITS:
+            raise record.fail("sha256", "64 lowercase hex digits", digest)
+        out[name] = FileRecord(record.integer("bytes", 0), digest)
+    return out
+
+
+def _token_layout(layout: JsonObject) -> TokenLayout:
+    layout.known(_LAYOUT_KEYS)
+    return TokenLayout(vocab_size=layout.integer("vocab_size", 1), pad_token=layout.text("pad_token"),
+                       bos_token=layout.optional_text("bos_token"),
+                       separator_ids=tuple(layout.integers("separator_ids", 0)),
+                       prompt_ids=tuple(layout.integers("prompt_ids", 0)))
+
+
+def _graph(g: JsonObject) -> GraphInfo:
     names = g.array("external_data")
     if not all(isinstance(n, str) and n and n == os.path.basename(n) for n in names):
         raise g.fail("external_data", "a list of file names inside the export directory", names)
@@ -308,50 +323,30 @@ def _graph(g: _Obj) -> GraphInfo:
                      outputs=_tensors(g, "outputs"), external_data=tuple(names))
 
 
-def _tensors(g: _Obj, key: str) -> tuple[TensorSpec, ...]:
+def _tensors(g: JsonObject, key: str) -> tuple[TensorSpec, ...]:
     items = g.array(key)
     if not items:
         raise g.fail(key, "a non-empty list of {name, dtype, shape}", items)
     out: list[TensorSpec] = []
     for i, item in enumerate(items):
-        t = _Obj(item, f"{g.path}{key}[{i}].", g.where)
+        t = JsonObject(item, f"{g.path}{key}[{i}].", g.where)
         shape = t.array("shape")
-        if not all((_is_int(d) and d >= 1) or (isinstance(d, str) and d) for d in shape):
+        if not all((is_int(d) and d >= 1) or (isinstance(d, str) and d) for d in shape):
             raise t.fail("shape", "a list of positive ints or axis names", shape)
         out.append(TensorSpec(t.text("name"), t.choice("dtype", tuple(ORT_TYPES)), tuple(shape)))
     return tuple(out)
 
 
-def _exits(top: _Obj) -> tuple[tuple[int, int], ...]:
+def _exits(top: JsonObject) -> tuple[tuple[int, int], ...]:
     raw = top.array("exits")
-    ok = all(isinstance(e, list) and len(e) == 2 and all(_is_int(x) and x >= 0 for x in e) for e in raw)
+    ok = all(isinstance(e, list) and len(e) == 2 and all(is_int(x) and x >= 0 for x in e) for e in raw)
     if not ok:
         raise top.fail("exits", "a list of [layer, head] integer pairs", raw)
     return tuple((e[0], e[1]) for e in raw)
 
 
-def _versions(top: _Obj) -> dict[str, str]:
+def _versions(top: JsonObject) -> dict[str, str]:
     v = top.obj("versions").d
     if not all(isinstance(x, str) for x in v.values()):
         raise top.fail("versions", "an object mapping tool names to version strings", v)
     return v
-
-
-def _graph_io(session_or_io: Any) -> dict[str, dict[str, tuple[str | None, int | None]]]:
-    """{"inputs"|"outputs": {name: (manifest dtype or None, rank or None)}}."""
-    if isinstance(session_or_io, Mapping):
-        io: Mapping[str, Any] = session_or_io  # pyright: ignore[reportUnknownVariableType]
-        return {side: {name: (_normalise_dtype(t), None) for name, t in dict(io.get(side, {})).items()}
-                for side in ("inputs", "outputs")}
-    if not (hasattr(session_or_io, "get_inputs") and hasattr(session_or_io, "get_outputs")):
-        raise TypeError(f"validate_against needs an InferenceSession or an io mapping, got {type(session_or_io)}")
-    return {
-        "inputs": {a.name: (_normalise_dtype(a.type), len(a.shape)) for a in session_or_io.get_inputs()},
-        "outputs": {a.name: (_normalise_dtype(a.type), len(a.shape)) for a in session_or_io.get_outputs()},
-    }
-
-
-def _normalise_dtype(t: object) -> str | None:
-    if t is None:
-        return None
-    return _DTYPE_OF_ORT.get(str(t), str(t))

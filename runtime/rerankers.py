@@ -6,9 +6,10 @@ each of which turns a silent surprise into an answer or an error:
 - unknown keyword arguments raise TypeError (FlagEmbedding stores and ignores them);
 - out-of-range cutoff_layers raise ValueError (FlagEmbedding drops them with a warning);
 - peft_path is refused: merge the LoRA into the model and export the merged model.
-Our own options: provider, max_batch_tokens (None = FlagEmbedding's batching), chunk_size (see batching.py) and
+Our own options: provider, max_batch_tokens (None = FlagEmbedding's batching), chunk_size (see batching.py),
 non_finite ("raise": a NaN or infinite score raises NonFiniteScoreError naming the pair; "nan": such scores are
-returned as NaN).
+returned as NaN) and verify_hashes (True: every artifact file's sha256 is checked against manifest.json at load;
+False skips hashing for very large artifacts, sizes and the tokenizer are still checked).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import numpy as np
 from .errors import UnsupportedRequestError
 from .kinds import DEFAULT_COMPRESS_LAYERS, build_request, get_kind
 from .layout import Instructions, LayoutSettings, plain_tokenizer, resolve_query_max_length
+from .limits import Limits
+from .layout import check_text
 from .scoring import CallPlan, Scorer, apply_non_finite, check_non_finite, parse_pairs, sigmoid
 from .spec import DECODER, ENCODER, LAYERWISE, LIGHTWEIGHT, MODEL_CLASSES, Loaded
 
@@ -67,6 +70,8 @@ class _Reranker:
                                         ("chunk_size", 1, False)):  # fmt: skip
             _check_int(name, settings[name], minimum, optional)
         check_non_finite(settings["non_finite"])
+        if not isinstance(settings["verify_hashes"], bool):
+            raise TypeError(f"verify_hashes must be a bool, got {type(settings['verify_hashes']).__name__}")
         self.model_name_or_path = model_name_or_path
         for name, value in settings.items():
             setattr(self, name, value)
@@ -80,10 +85,12 @@ class _Reranker:
             )
         self._apply_model_defaults(loaded)
         self.spec, self.tokenizer, self.backend = loaded.spec, loaded.tokenizer, loaded.backend
+        self._limits = Limits(loaded.spec.max_positions, loaded.max_length)
         instructions = Instructions(self.query_instruction_for_rerank, self.query_instruction_format,
                                     self.passage_instruction_for_rerank, self.passage_instruction_format)  # fmt: skip
         self._scorer = Scorer(loaded.spec, kind, plain_tokenizer(loaded.tokenizer), loaded.backend, instructions)
-        self._plan({})  # fail fast on invalid instance settings
+        plan, _ = self._plan({})  # fail fast on invalid instance settings: lengths, layers, compression
+        self.backend.check(plan.request)
 
     @classmethod
     def from_loaded(cls: type[R], loaded: Loaded, model_name_or_path: str = "<loaded>", **settings: Any) -> R:
@@ -123,11 +130,12 @@ class _Reranker:
 
     def _load(self, model_name_or_path: str, *, devices: Devices, use_fp16: bool, use_bf16: bool,
               provider: str | None) -> Loaded:  # fmt: skip
-        """Load the artifact. The PyTorch reference overrides this to serve a checkpoint directly."""
+        """Load the artifact. The PyTorch reference overrides this to serve a checkpoint directly (a checkpoint has
+        no recorded hashes, so verify_hashes does not apply to it)."""
         from .artifact import load_artifact
 
         return load_artifact(model_name_or_path, model_class=self._KIND, devices=devices, use_fp16=use_fp16,
-                             use_bf16=use_bf16, provider=provider)  # fmt: skip
+                             use_bf16=use_bf16, provider=provider, verify_hashes=self.verify_hashes)  # fmt: skip
 
     def _prompt(self, value: str | None) -> str | None:
         """Call value, else instance value, else the class's default prompt; None for the encoder."""
@@ -157,6 +165,8 @@ class _Reranker:
             query_max_length=resolve_query_max_length(call.get("query_max_length"), self.query_max_length, max_length),
             prompt=self._prompt(pick("prompt")),
         )
+        self._limits.check_settings(max_length=layout.max_length, query_max_length=layout.query_max_length)
+        check_text("prompt", layout.prompt or "")
         compress_layers = pick("compress_layers")
         if call.get("compress_layer") is not None:
             warnings.warn("compress_layer is deprecated; use compress_layers", DeprecationWarning, stacklevel=4)
@@ -171,7 +181,7 @@ class _Reranker:
         normalize = pick("normalize")
         if not isinstance(normalize, bool):
             raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}: {normalize!r}")
-        plan = CallPlan(request, layout, pick("batch_size"), self.max_batch_tokens, self.chunk_size)
+        plan = CallPlan(request, layout, pick("batch_size"), self.max_batch_tokens, self.chunk_size, self._limits)
         return plan, normalize
 
     def _run(self, sentence_pairs: Any, options: dict[str, Any]) -> tuple[np.ndarray, bool]:
@@ -256,7 +266,8 @@ class FlagReranker(_Reranker):
                  trust_remote_code: bool = False, cache_dir: str | None = None, devices: Devices = None,
                  batch_size: int = 128, query_max_length: int | None = None, max_length: int = 512,
                  normalize: bool = False, *, provider: str | None = None, max_batch_tokens: int | None = None,
-                 chunk_size: int = 8192, non_finite: str = "raise", **kwargs: Any) -> None:  # fmt: skip
+                 chunk_size: int = 8192, non_finite: str = "raise", verify_hashes: bool = True,
+                 **kwargs: Any) -> None:  # fmt: skip
         settings = {k: v for k, v in locals().items() if k not in ("self", "model_name_or_path", "kwargs", "__class__")}
         self._setup(model_name_or_path, settings, kwargs)
 
@@ -273,7 +284,8 @@ class FlagLLMReranker(_Reranker):
                  trust_remote_code: bool = False, devices: Devices = None, prompt: str | None = None,
                  batch_size: int = 128, query_max_length: int | None = None, max_length: int = 512,
                  normalize: bool = False, *, provider: str | None = None, max_batch_tokens: int | None = None,
-                 chunk_size: int = 8192, non_finite: str = "raise", **kwargs: Any) -> None:  # fmt: skip
+                 chunk_size: int = 8192, non_finite: str = "raise", verify_hashes: bool = True,
+                 **kwargs: Any) -> None:  # fmt: skip
         settings = {k: v for k, v in locals().items() if k not in ("self", "model_name_or_path", "kwargs", "__class__")}
         self._setup(model_name_or_path, settings, kwargs)
 
@@ -291,7 +303,7 @@ class LayerWiseFlagLLMReranker(_Reranker):
                  prompt: str | None = None, batch_size: int = 128, query_max_length: int | None = None,
                  max_length: int = 512, normalize: bool = False, *, provider: str | None = None,
                  max_batch_tokens: int | None = None, chunk_size: int = 8192, non_finite: str = "raise",
-                 **kwargs: Any) -> None:  # fmt: skip
+                 verify_hashes: bool = True, **kwargs: Any) -> None:  # fmt: skip
         settings = {k: v for k, v in locals().items() if k not in ("self", "model_name_or_path", "kwargs", "__class__")}
         self._setup(model_name_or_path, settings, kwargs)
 
@@ -312,7 +324,8 @@ class LightWeightFlagLLMReranker(_Reranker):
                  compress_layers: Layers = None, compress_ratio: int | None = None, prompt: str | None = None,
                  batch_size: int = 128, query_max_length: int | None = None, max_length: int = 512,
                  normalize: bool = False, *, provider: str | None = None, max_batch_tokens: int | None = None,
-                 chunk_size: int = 8192, non_finite: str = "raise", **kwargs: Any) -> None:  # fmt: skip
+                 chunk_size: int = 8192, non_finite: str = "raise", verify_hashes: bool = True,
+                 **kwargs: Any) -> None:  # fmt: skip
         settings = {k: v for k, v in locals().items() if k not in ("self", "model_name_or_path", "kwargs", "__class__")}
         self._setup(model_name_or_path, settings, kwargs)
 

@@ -19,7 +19,8 @@ from .batching import chunk_bounds, pad_rows, plan_batches, sort_order
 from .compression import build_plan
 from .errors import ManifestMismatchError, NonFiniteScoreError
 from .kinds import Kind, padding_side
-from .layout import EncodedChunk, Instructions, LayoutSettings, PairEncoder
+from .layout import EncodedChunk, Instructions, LayoutSettings, PairEncoder, check_text
+from .limits import Limits
 from .spec import Backend, GraphRequest, ModelSpec
 
 Pair = tuple[str, str]
@@ -34,12 +35,12 @@ def parse_pairs(sentence_pairs: Any) -> tuple[list[Pair], bool]:
         )
     items: Sequence[Any] = sentence_pairs
     if len(items) and isinstance(items[0], str):
-        return [_check_pair(items, None)], True
+        return [_check_pair(items, 0, single=True)], True
     return [_check_pair(item, i) for i, item in enumerate(items)], False
 
 
-def _check_pair(item: Any, index: int | None) -> Pair:
-    where = "sentence_pairs" if index is None else f"sentence_pairs[{index}]"
+def _check_pair(item: Any, index: int, single: bool = False) -> Pair:
+    where = "sentence_pairs" if single else f"sentence_pairs[{index}]"
     if not isinstance(item, (list, tuple)):
         raise TypeError(f"{where} must be a [query, passage] list or tuple of two str, got {type(item).__name__}")
     pair: Sequence[Any] = item
@@ -48,6 +49,7 @@ def _check_pair(item: Any, index: int | None) -> Pair:
     for pos, name in ((0, "query"), (1, "passage")):
         if not isinstance(pair[pos], str):
             raise TypeError(f"{where}[{pos}] (the {name}) must be a str, got {type(pair[pos]).__name__}")
+        check_text(f"{where}[{pos}] (the {name})", pair[pos], index)
     return pair[0], pair[1]
 
 
@@ -96,6 +98,7 @@ class CallPlan:
     batch_size: int
     max_batch_tokens: int | None = None
     chunk_size: int = 8192
+    limits: Limits = Limits(None, None)
 
 
 class Scorer:
@@ -119,6 +122,7 @@ class Scorer:
         with _Runner(self.backend, plan.request, out) as runner:
             for lo, chunk in self._chunks(encoder, pairs, plan.chunk_size):
                 lengths = np.array([len(row) for row in chunk.ids], dtype=np.int64)
+                plan.limits.check_rows(lengths, lo)
                 order = sort_order(chunk.keys)
                 for batch in plan_batches(
                     order, lengths, plan.batch_size, plan.max_batch_tokens, self.kind.pad_multiple

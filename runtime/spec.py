@@ -9,7 +9,7 @@ reference derives it from the checkpoint directory. `GraphRequest` says which gr
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -21,8 +21,45 @@ LIGHTWEIGHT = "decoder-only-lightweight"
 MODEL_CLASSES = (ENCODER, DECODER, LAYERWISE, LIGHTWEIGHT)
 
 
+YES_TEXT = "Yes"  # the decoder kinds score the logit of this text's first token (FlagEmbedding's "Yes" id)
+PADDING_SIDES = ("left", "right")
+
+
+class SpecFieldError(ValueError):
+    """A ModelSpec field of the wrong type or range: `field` is its name, `problem` says what was expected and found."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field} {problem}")
+        self.field, self.problem = field, problem
+
+
+def _int(minimum: int, optional: bool = False) -> tuple[str, Callable[[Any], bool]]:
+    expected = ("null or " if optional else "") + f"an integer >= {minimum}"
+    return expected, lambda v: (optional and v is None) or (type(v) is int and v >= minimum)
+
+
+# field -> (what it must be, test); every field of ModelSpec is listed
+_FIELD_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "model_class": (f"one of {list(MODEL_CLASSES)}", lambda v: v in MODEL_CLASSES),
+    "pad_token_id": _int(0),
+    "padding_side": (f"one of {list(PADDING_SIDES)}", lambda v: v in PADDING_SIDES),
+    "bos_token_id": _int(0, optional=True),
+    **{name: ("a list of integers >= 0", lambda v: isinstance(v, (list, tuple)) and all(type(x) is int and x >= 0
+                                                                                        for x in v))
+       for name in ("pair_prefix", "pair_middle", "pair_suffix")},
+    "yes_token_id": _int(0, optional=True),
+    "num_layers": _int(1, optional=True),
+    "start_layer": _int(0, optional=True),
+    "layer_sep": _int(1),
+    "model_max_length": _int(1, optional=True),
+    "max_positions": _int(1, optional=True),
+}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
+    """Checked on construction: a field of the wrong type or range raises SpecFieldError naming it."""
+
     model_class: str
     pad_token_id: int
     padding_side: str = "right"  # the tokenizer's own side; FlagEmbedding pads with it (lightweight forces right)
@@ -36,6 +73,19 @@ class ModelSpec:
     start_layer: int | None = None
     layer_sep: int = 1
     model_max_length: int | None = None
+    # the longest token sequence the model's position table serves (XLM-R: max_position_embeddings minus the
+    # padding offset; rotary decoders: max_position_embeddings); None where unknown
+    max_positions: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, (expected, ok) in _FIELD_RULES.items():
+            value = getattr(self, name)
+            if not ok(value):
+                raise SpecFieldError(name, f"must be {expected}, found {value!r}")
+        for name in ("pair_prefix", "pair_middle", "pair_suffix"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.num_layers is not None and self.start_layer is not None and self.start_layer > self.num_layers:
+            raise SpecFieldError("start_layer", f"({self.start_layer}) must not exceed num_layers ({self.num_layers})")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -49,12 +99,9 @@ class ModelSpec:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown ModelSpec fields {sorted(unknown)}; known: {sorted(known)}")
-        d = dict(d)
-        for k in ("pair_prefix", "pair_middle", "pair_suffix"):
-            if k in d:
-                d[k] = tuple(d[k])
-        if d.get("model_class") not in MODEL_CLASSES:
-            raise ValueError(f"model_class {d.get('model_class')!r} is not one of {MODEL_CLASSES}")
+        for required in ("model_class", "pad_token_id"):
+            if required not in d:
+                raise SpecFieldError(required, "is missing")
         return cls(**d)
 
 
@@ -100,9 +147,12 @@ class Loaded:
 
     defaults: instance defaults implied by the model (e.g. an artifact's baked cutoff_layers, compress_ratio and
     compress_layers), used where the user passed nothing.
+    max_length: the FlagEmbedding max_length an export was sized and verified for; longer settings are refused with
+    LengthLimitError (the PyTorch reference has none: only the model's max_positions bounds it).
     """
 
     spec: ModelSpec
     tokenizer: Any  # tokenizers.Tokenizer
     backend: Backend
     defaults: dict[str, Any] = field(default_factory=dict)
+    max_length: int | None = None  # the export's max_length (rerank-export --max-length); None: no export limit

@@ -6,9 +6,12 @@ verification exits 3 and writes nothing either.
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +46,8 @@ REFUSALS = [
     ("compress-layers-without-ratio", "gemma2_lightweight", {"compress_layers": (3,)}, ExportError,
      ["no effect at compress ratio 1", "--compress-ratio 2"]),
     ("max-length", "gemma", {"max_length": 1}, ExportError, ["--max-length must be at least 2, got 1"]),
+    ("max-length-beyond-positions", "xlm_roberta", {"max_length": 1000}, ExportError,
+     ["--max-length 1000", "position table serves 512 tokens", "--max-length 512 or less"]),
 ]
 FLAGS = {"model_class": "--model-class", "compress_ratio": "--compress-ratio", "compress_layers": "--compress-layers",
          "cutoff_layers": "--cutoff-layers", "max_length": "--max-length", "model": "--model"}
@@ -120,7 +125,8 @@ def test_existing_output_is_kept_without_overwrite(checkpoint, tmp_path, capsys)
     empty = tmp_path / "empty"
     empty.mkdir()  # an empty directory is not in the way
     assert plan_export(ExportOptions(model=str(checkpoint("gemma")), output=str(empty))).output == empty
-    assert plan_export(ExportOptions(model=str(checkpoint("gemma")), output=str(out), overwrite=True)).output == out
+    with pytest.raises(ExportError, match="--overwrite replaces only an export directory"):  # keep.txt is not ours
+        plan_export(ExportOptions(model=str(checkpoint("gemma")), output=str(out), overwrite=True))
 
 
 @pytest.mark.parametrize("failure", [RuntimeError("trace failed"), KeyboardInterrupt()])
@@ -139,11 +145,12 @@ def test_failure_mid_export_leaves_nothing_half_written(failure, checkpoint, tmp
 
     previous = tmp_path / "previous"
     previous.mkdir()
-    (previous / "manifest.json").write_text("{}")
+    old = '{"format": "onnx", "graph": {}, "schema_version": 2, "spec": {}}'  # an export (--overwrite replaces those)
+    (previous / "manifest.json").write_text(old)
     with pytest.raises(type(failure)):
         export_onnx(replace(opts, output=str(previous), overwrite=True), Progress([], quiet=True))
     assert [p.name for p in tmp_path.iterdir()] == ["previous"]
-    assert (previous / "manifest.json").read_text() == "{}", "a failed --overwrite keeps the old output"
+    assert (previous / "manifest.json").read_text() == old, "a failed --overwrite keeps the old output"
 
 
 def test_flags_map_onto_export_options(monkeypatch):
@@ -196,3 +203,104 @@ def test_int8_below_the_ranking_bar_exits_3_and_writes_nothing(checkpoint, tmp_p
     assert "int8 tolerance" in err and "(min 0.99)" in err and "--no-verify" in err
     assert ".out-" not in err, "the message names the output, not the temporary directory"
     assert list(tmp_path.iterdir()) == []
+
+
+# --- bad checkpoints and paths: exit 2, one line naming the file and the problem, no traceback ----------------------
+
+
+def _break_config(**changes):
+    def edit(ckpt: Path) -> None:
+        config = json.loads((ckpt / "config.json").read_text())
+        for key, value in changes.items():
+            if value is None:
+                config.pop(key)
+            else:
+                config[key] = value
+        (ckpt / "config.json").write_text(json.dumps(config))
+    return edit
+
+
+def _write(name: str, content: bytes):
+    return lambda ckpt: (ckpt / name).write_bytes(content)
+
+
+def _truncate(name: str):
+    return lambda ckpt: (ckpt / name).write_bytes((ckpt / name).read_bytes()[:100])
+
+
+def _weights_outside(ckpt: Path) -> None:
+    outside = ckpt.parent / "outside"
+    outside.mkdir()
+    (ckpt / "model.safetensors").rename(outside / "model.safetensors")
+    index = {"metadata": {}, "weight_map": {"model.embed_tokens.weight": "../outside/model.safetensors"}}
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+BAD_CHECKPOINTS = [
+    ("corrupt-safetensors", _write("model.safetensors", bytes(range(256)) * 8),
+     ["model.safetensors is not a valid safetensors file"]),
+    ("truncated-safetensors", _truncate("model.safetensors"), ["model.safetensors is not a valid safetensors file"]),
+    ("config-without-hidden-size", _break_config(hidden_size=None),
+     ["config.json has no 'hidden_size'", "gemma architecture needs"]),
+    ("config-not-an-object", _write("config.json", b"[1, 2]"), ["config.json must hold a JSON object, found list"]),
+    ("config-not-json", _write("config.json", b"{oops"), ["config.json is not valid JSON"]),
+    ("absurd-intermediate-size", _break_config(intermediate_size=8_000_000),
+     ["the tensors in", "model.safetensors do not match the gemma architecture that", "config.json describes",
+      "model.layers.0.mlp.down_proj.weight: config.json implies [32, 8000000], the weights hold [32, 64]"]),
+    ("weight-map-outside", _weights_outside,
+     ["model.safetensors.index.json", "'../outside/model.safetensors' is outside the checkpoint"]),
+    ("tokenizer-not-json", _write("tokenizer.json", b"{not json"), ["tokenizer.json cannot be read"]),
+]
+
+
+@pytest.mark.parametrize("name,damage,fragments", BAD_CHECKPOINTS, ids=[c[0] for c in BAD_CHECKPOINTS])
+def test_a_bad_checkpoint_exits_2_with_one_line(name, damage, fragments, checkpoint, tmp_path, capsys, monkeypatch):
+    """Checked before the model is built: a spy fails the test if any architecture is built on a real device."""
+    import dataclasses
+
+    import torch
+
+    from rerank_export.families import REGISTRY as families
+
+    ckpt = Path(shutil.copytree(checkpoint("gemma"), tmp_path / "ckpt"))
+    damage(ckpt)
+    real = families["gemma"]
+    built: list[str] = []
+
+    def spy(config):
+        built.append(torch.empty(0).device.type)
+        if built[-1] != "meta":
+            raise AssertionError("the model was built on a real device before its weights were checked")
+        return real.build_model(config)
+
+    monkeypatch.setitem(families, "gemma", dataclasses.replace(real, build_model=spy))
+    assert cli.main(["--model", str(ckpt), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("rerank-export: error: "), err
+    for fragment in fragments:
+        assert fragment in err, f"{fragment!r} not in {err!r}"
+    assert not (tmp_path / "out").exists() and set(built) <= {"meta"}
+
+
+@pytest.mark.parametrize("where", ["parent-is-a-file", "read-only-parent"])
+def test_an_unwritable_output_exits_2_with_one_line(where, checkpoint, tmp_path, capsys, monkeypatch):
+    parent = tmp_path / "parent"
+    if where == "parent-is-a-file":
+        parent.write_text("a file")
+    else:  # as root, chmod cannot make a directory read-only: the file system says so instead
+        import os
+
+        parent.mkdir()
+        real_mkdir = os.mkdir
+
+        def read_only(path, mode=0o777, *args, **kwargs):
+            if Path(path).parent == parent:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_mkdir(path, mode, *args, **kwargs)
+
+        monkeypatch.setattr(os, "mkdir", read_only)
+    assert cli.main(["--model", str(checkpoint("gemma")), "--output", str(parent / "out"), "--no-verify"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("rerank-export: error: "), err
+    assert str(parent) in err and ("is a file, not a directory" in err or "Permission denied" in err)
+    assert list(tmp_path.iterdir()) == [parent]

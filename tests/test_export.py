@@ -25,6 +25,7 @@ from rerank_export.reference import FlagAutoReranker as Reference
 from rerank_export.verify import CPU_METHOD, widen_bf16
 from rerank_runtime import LayerWiseFlagLLMReranker, UnsupportedRequestError
 from rerank_runtime.compression import build_plan
+from rerank_runtime.integrity import record_file
 from rerank_runtime.kinds import get_kind
 from rerank_runtime.manifest import Manifest
 from rerank_runtime.rerankers import FlagAutoReranker as Runtime
@@ -131,21 +132,24 @@ def test_manifest_records_layout_defaults_and_versions(exported, checkpoint, fam
     assert m.defaults == want_defaults
     tok = Tokenizer.from_file(str(checkpoint(family) / "tokenizer.json"))
     layout = m.token_layout
-    assert layout["query_instruction"] == kind.query_instruction
-    assert layout["passage_instruction"] == kind.passage_instruction
-    assert layout["default_prompt"] == kind.default_prompt
+    assert layout is not None and layout.vocab_size == tok.get_vocab_size(with_added_tokens=True)
+    assert layout.pad_token == tok.id_to_token(m.spec.pad_token_id)
+    assert layout.bos_token == (None if m.spec.bos_token_id is None else tok.id_to_token(m.spec.bos_token_id))
     assert m.max_length == 512 and m.max_sequence_length >= m.max_length
     if kind.default_prompt is None:
-        assert layout["yes_token_id"] is None and m.spec.pair_prefix and m.spec.pair_suffix
+        assert layout.separator_ids == layout.prompt_ids == () and m.spec.yes_token_id is None
+        assert m.spec.pair_prefix and m.spec.pair_suffix
     else:
         separator = tok.encode("\n", add_special_tokens=False).ids
         prompt = tok.encode(kind.default_prompt, add_special_tokens=False).ids
-        assert layout["separator_ids"] == separator and layout["prompt_ids"] == prompt
-        assert layout["yes_token_id"] == m.spec.yes_token_id == tok.encode("Yes", add_special_tokens=False).ids[0]
+        assert list(layout.separator_ids) == separator and list(layout.prompt_ids) == prompt
+        assert m.spec.yes_token_id == tok.encode("Yes", add_special_tokens=False).ids[0]
         assert m.max_sequence_length % 8 == 0  # FlagEmbedding pads decoder batches to a multiple of 8
         assert m.max_sequence_length >= 1 + m.max_length + 2 * len(separator) + len(prompt)
     for dist in ("torch", "onnx", "onnxruntime", "onnxscript", "tokenizers"):
         assert m.versions[dist] == metadata.version(dist)
+    out = exported(family, precision)
+    assert {name: record_file(out / name) for name in m.artifact_files()} == m.files
 
 
 @pytest.mark.parametrize("family,precision", EXPORTS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -12,15 +13,22 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from char_tokenizer import VOCAB, char_tokenizer
 from onnx import TensorProto, helper
 
 from rerank_runtime.errors import ArtifactError, ManifestMismatchError
+from rerank_runtime.integrity import FileRecord, TokenLayout, sha256_file
+from rerank_runtime.kinds import DEFAULT_PROMPT
 from rerank_runtime.manifest import GraphInfo, Manifest, TensorSpec, tensors_from_session
 from rerank_runtime.spec import ENCODER, LAYERWISE, LIGHTWEIGHT, ModelSpec
 
+# The char tokenizer's facts, as an export of it records them.
+LAYOUT = TokenLayout(vocab_size=len(VOCAB), pad_token="<pad>", bos_token="<s>", separator_ids=(VOCAB["\n"],),
+                     prompt_ids=tuple(VOCAB[c] for c in DEFAULT_PROMPT))
+
 
 def layerwise() -> Manifest:
-    spec = ModelSpec(model_class=LAYERWISE, pad_token_id=0, bos_token_id=1, yes_token_id=9, num_layers=4,
+    spec = ModelSpec(model_class=LAYERWISE, pad_token_id=1, bos_token_id=0, yes_token_id=VOCAB["Y"], num_layers=4,
                      start_layer=1)
     graph = GraphInfo(
         file="model.onnx", opset=17, external_data=("model.onnx.data",),
@@ -30,18 +38,41 @@ def layerwise() -> Manifest:
     )
     return Manifest(model_name="tiny-layerwise", source="/models/tiny", family="minicpm_layerwise", spec=spec,
                     precision="fp16", graph=graph, max_length=32, max_sequence_length=48, exits=((2, 0), (3, 1)),
-                    defaults={"cutoff_layers": [2, 3]}, token_layout={"sep": [10], "prompt": "Yes or no?"},
-                    tensorrt={"max_batch_size": 8}, versions={"torch": "2.13.0"}, verification={"max_abs": 1e-6})
+                    defaults={"cutoff_layers": [2, 3]}, token_layout=LAYOUT, tensorrt={"max_batch_size": 8},
+                    versions={"torch": "2.13.0"}, verification={"max_abs": 1e-6},
+                    files={"model.onnx": FileRecord(10, "a" * 64), "model.onnx.data": FileRecord(0, "b" * 64),
+                           "tokenizer.json": FileRecord(30, "c" * 64)})
+
+
+def artifact_files(root: Path) -> Path:
+    """The files layerwise() describes: placeholder graph bytes and the char tokenizer."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "model.onnx").write_bytes(b"graph bytes")
+    (root / "model.onnx.data").write_bytes(b"")
+    char_tokenizer().save(str(root / "tokenizer.json"))
+    return root
 
 
 def test_round_trip_and_file_format(tmp_path: Path) -> None:
     m = layerwise()
     assert Manifest.from_dict(m.to_dict()) == m
-    path = m.write(tmp_path)
+    path = m.write(artifact_files(tmp_path))
     text = path.read_text()
     assert text == json.dumps(json.loads(text), sort_keys=True, indent=2) + "\n"
-    assert Manifest.read(tmp_path) == m
-    assert json.loads(text)["exits"] == [[2, 0], [3, 1]] and json.loads(text)["schema_version"] == 1
+    written = Manifest.read(tmp_path)
+    assert written == m.sealed(tmp_path) and written.token_layout == LAYOUT
+    assert json.loads(text)["exits"] == [[2, 0], [3, 1]] and json.loads(text)["schema_version"] == 2
+
+
+def test_write_records_size_and_sha256_of_every_artifact_file(tmp_path: Path) -> None:
+    """write() measures the files as they are in the directory; stale records in memory never reach the disk."""
+    artifact_files(tmp_path)
+    files = json.loads(layerwise().write(tmp_path).read_text())["files"]
+    assert sorted(files) == ["model.onnx", "model.onnx.data", "tokenizer.json"]
+    for name, record in files.items():
+        path = tmp_path / name
+        assert record == {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    assert files["model.onnx"] == {"bytes": 11, "sha256": hashlib.sha256(b"graph bytes").hexdigest()}
 
 
 def test_exit_names_and_heads() -> None:
@@ -56,6 +87,7 @@ def _encoder_dict() -> dict[str, Any]:
     d = layerwise().to_dict()
     d.update(exits=[], precision="fp32", tensorrt=None, defaults={})
     d["spec"] = ModelSpec(model_class=ENCODER, pad_token_id=1).to_dict()
+    d["token_layout"].update(bos_token=None, separator_ids=[], prompt_ids=[])
     d["graph"]["outputs"] = [{"name": "score", "dtype": "float32", "shape": ["batch"]}]
     return d
 
@@ -74,14 +106,24 @@ def _drop(key: str) -> Callable[[dict[str, Any]], None]:
     return lambda d: d.pop(key)
 
 
+def _set_file(name: str, record: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda d: d["files"].__setitem__(name, record)
+
+
+def _drop_in(parent: str, key: str) -> Callable[[dict[str, Any]], None]:
+    return lambda d: d[parent].pop(key)
+
+
 CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("unknown top-level key", _set("cutoff_layer", [2]), r"unknown field\(s\) \['cutoff_layer'\]"),
     ("missing key", _drop("max_length"), "'max_length' is missing"),
-    ("schema version", _set("schema_version", 2), "schema_version 2 is not supported"),
+    ("schema version", _set("schema_version", 3), "schema_version 3 is not supported"),
+    ("schema version 1", _set("schema_version", 1),
+     r"schema_version 1 was written by an older rerank-export.*re-export it with this version"),
     ("format", _set("format", "engine"), "'format' must be one of"),
     ("precision", _set("precision", "fp8"), "'precision' must be one of"),
     ("spec unknown field", _set("spec.head_type", "simple"), "'spec' is invalid"),
-    ("spec model class", _set("spec.model_class", "cross"), "'spec' is invalid"),
+    ("spec model class", _set("spec.model_class", "cross"), r"'spec.model_class' must be one of \['encoder-only-base'"),
     ("spec not an object", _set("spec", [1]), "'spec' must be a JSON object"),
     ("graph file with a path", _set("graph.file", "../model.onnx"), "'graph.file' must be a file name"),
     ("external data", _set("graph.external_data", "model.onnx.data"), "'graph.external_data' must be"),
@@ -107,6 +149,40 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("tensorrt", _set("tensorrt", [1]), "'tensorrt' must be a JSON object"),
     ("versions", _set("versions", {"torch": 2}), "'versions' must be an object mapping"),
     ("defaults", _set("defaults", None), "'defaults' must be a JSON object"),
+    # spec: every field type- and range-checked (these used to load and fail at the first call with a raw error)
+    ("spec pad id as text", _set("spec.pad_token_id", "0"), r"'spec.pad_token_id' must be an integer >= 0, found '0'"),
+    ("spec padding side", _set("spec.padding_side", "middle"),
+     r"'spec.padding_side' must be one of \['left', 'right'\], found 'middle'"),
+    ("spec negative bos", _set("spec.bos_token_id", -1), r"'spec.bos_token_id' must be null or an integer >= 0"),
+    ("spec template", _set("spec.pair_prefix", ["0"]), r"'spec.pair_prefix' must be a list of integers >= 0"),
+    ("spec template type", _set("spec.pair_suffix", 2), r"'spec.pair_suffix' must be a list of integers >= 0"),
+    ("spec layers as bool", _set("spec.num_layers", True), r"'spec.num_layers' must be null or an integer >= 1"),
+    ("spec layer step", _set("spec.layer_sep", 0), r"'spec.layer_sep' must be an integer >= 1, found 0"),
+    ("spec positions", _set("spec.max_positions", 0.5), r"'spec.max_positions' must be null or an integer >= 1"),
+    ("spec missing class", _drop_in("spec", "model_class"), r"'spec.model_class' is missing"),
+    ("spec start beyond layers", _set("spec.start_layer", 5), r"'spec.start_layer' \(5\) must not exceed .*num_layers"),
+    ("decoder without yes id", _set("spec.yes_token_id", None),
+     r"'spec.yes_token_id' must be an integer >= 0 for model_class 'decoder-only-layerwise'"),
+    ("layerwise without layers", _set("spec.num_layers", None),
+     r"'spec.num_layers' must be an integer >= 1 for model_class 'decoder-only-layerwise'"),
+    # files: one record per artifact file, each with its size and sha256
+    ("files missing", _drop("files"), "'files' is missing"),
+    ("files without tokenizer", _drop_in("files", "tokenizer.json"),
+     r"'files' must record exactly \['model.onnx', 'model.onnx.data', 'tokenizer.json'\]"),
+    ("files extra", _set_file("other.bin", {"bytes": 1, "sha256": "d" * 64}), r"'files' must record exactly"),
+    ("file size", _set_file("model.onnx", {"bytes": -1, "sha256": "a" * 64}),
+     r"'files.model.onnx.bytes' must be an integer >= 0"),
+    ("file hash", _set_file("model.onnx", {"bytes": 1, "sha256": "A" * 64}),
+     r"'files.model.onnx.sha256' must be 64 lowercase hex digits"),
+    ("file record keys", _set_file("model.onnx", {"bytes": 1, "sha256": "a" * 64, "md5": "x"}),
+     r"unknown field\(s\) \['md5'\] in 'files.model.onnx.'"),
+    # token_layout: typed and read (the tokenizer is checked against it at load)
+    ("layout vocab", _set("token_layout.vocab_size", 0), r"'token_layout.vocab_size' must be an integer >= 1"),
+    ("layout ids", _set("token_layout.separator_ids", ["\n"]), r"'token_layout.separator_ids' must be a list"),
+    ("layout pad", _set("token_layout.pad_token", ""), r"'token_layout.pad_token' must be a non-empty string"),
+    ("layout bos", _set("token_layout.bos_token", 3), r"'token_layout.bos_token' must be null or a non-empty string"),
+    ("layout unknown", _set("token_layout.yes_token_id", 9),
+     r"unknown field\(s\) \['yes_token_id'\] in 'token_layout.'"),
 ]
 
 
@@ -150,7 +226,7 @@ def test_unreadable_files(tmp_path: Path) -> None:
 def test_write_refuses_an_invalid_manifest(tmp_path: Path) -> None:
     bad = Manifest(**{**layerwise().__dict__, "exits": ((7, 0),)})
     with pytest.raises(ArtifactError, match="score_l7_h0"):
-        bad.write(tmp_path)
+        bad.write(artifact_files(tmp_path))
     assert not (tmp_path / "manifest.json").exists()
 
 
@@ -197,3 +273,13 @@ def test_validate_against_an_io_mapping() -> None:
     io["outputs"]["score_l3_h1"] = "float16"
     with pytest.raises(ManifestMismatchError, match="manifest.json and model.plan disagree.*graph dtype float16"):
         m.validate_against(io, where="model.plan")
+
+
+def test_write_refuses_a_tokenizer_that_contradicts_the_spec(tmp_path: Path) -> None:
+    """The ids the spec stores are checked against the tokenizer at export time too, not only at load."""
+    wrong = Manifest(**{**layerwise().__dict__, "spec": ModelSpec(**{**layerwise().spec.__dict__,
+                                                                      "yes_token_id": VOCAB["N"]})})
+    with pytest.raises(ManifestMismatchError, match=r"first id of 'Yes' \(spec.yes_token_id\): manifest.json "
+                                                    rf"records {VOCAB['N']}, the tokenizer gives {VOCAB['Y']}"):
+        wrong.write(artifact_files(tmp_path))
+    assert not (tmp_path / "manifest.json").exists()

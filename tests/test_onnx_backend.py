@@ -90,8 +90,8 @@ def tiny_manifest(model_class: str, outputs: dict[str, tuple[float, float]], com
     if compress:
         inputs.append(TensorSpec("compress_weight_0", "float32", ("batch", "s0", 2)))
     exits = tuple((int(n.split("_")[1][1:]), int(n.split("_")[2][1:])) for n in outputs if n.startswith("score_l"))
-    spec = ModelSpec(model_class=model_class, pad_token_id=0, pair_prefix=(1,), pair_middle=(2, 2),
-                     pair_suffix=(2,), yes_token_id=5, num_layers=4, start_layer=1)
+    # consistent with write_tokenizer's vocabulary (the manifest records its ids and load checks them)
+    spec = ModelSpec(model_class=model_class, pad_token_id=0, yes_token_id=4, num_layers=4, start_layer=1)
     graph = GraphInfo(file="model.onnx", opset=17, inputs=tuple(inputs),
                       outputs=tuple(TensorSpec(n, "float32", ("batch",)) for n in outputs),
                       external_data=("model.onnx.data",) if external else ())
@@ -105,7 +105,7 @@ def tiny_manifest(model_class: str, outputs: dict[str, tuple[float, float]], com
 def write_tokenizer(path: Path) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    vocab = {"[PAD]": 0, "[UNK]": 1, "hello": 2, "world": 3}
+    vocab = {"[PAD]": 0, "[UNK]": 1, "hello": 2, "world": 3, "Yes": 4}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.save(str(path))

@@ -26,6 +26,9 @@ class FamilySpec:
     extra_inputs: Callable[[GraphRequest], tuple[str, ...]] = field(default=lambda request: ())
     # Layerwise kinds: (num_layers, start_layer, layer_sep) read from the config; None for single-score kinds.
     layers: Callable[[Config], tuple[int, int, int] | None] = field(default=lambda config: None)
+    # The longest token sequence the model's positions serve (ModelSpec.max_positions); rotary decoders: the
+    # trained max_position_embeddings.
+    max_positions: Callable[[Config], int | None] = field(default=lambda config: config.get("max_position_embeddings"))
 
     def matches(self, config: Config) -> bool:
         archs = config.get("architectures") or []

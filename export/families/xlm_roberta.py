@@ -47,4 +47,6 @@ FAMILY = FamilySpec(
     sizes={"tiny": _size(32, 64, 2, 4), "mid": _size(256, 1024, 6, 4)},
     init_std={"tiny": 0.2, "mid": 0.02},
     ignorable_keys=("roberta.embeddings.position_ids", "roberta.pooler.dense.weight", "roberta.pooler.dense.bias"),
+    # positions start after the padding id (pad + 1 + i), so 514 position embeddings serve 512 tokens
+    max_positions=lambda c: c["max_position_embeddings"] - c.get("pad_token_id", 1) - 1,
 )

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import zlib
 from pathlib import Path
 
 from ..families import REGISTRY, get_family
+from ..output import fresh_dir, umask
 
 SIZES = ("tiny", "mid")
 # Built-in demo model names: "<size>-<family>", e.g. "tiny-gemma2-lightweight".
@@ -49,7 +49,7 @@ def write_checkpoint(family_name: str, size: str, out_dir: str | Path) -> Path:
         raise ValueError(f"size {size!r} is not one of {sorted(family.sizes)}")
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    tmp = fresh_dir(out.parent, f".{out.name}-")
     try:
         write_tokenizer(family.tokenizer_style, tmp, padding_side=_PADDING_SIDE[family.name])
         config = dict(family.sizes[size])
@@ -59,6 +59,7 @@ def write_checkpoint(family_name: str, size: str, out_dir: str | Path) -> Path:
         model = family.build_model(config)
         state = {k: _init(k, v, family.init_std[size], family.name) for k, v in model.state_dict().items()}
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        os.chmod(tmp / "model.safetensors", 0o666 & ~umask())  # safetensors writes 0600
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if out.exists():
             shutil.rmtree(out)
