@@ -20,6 +20,10 @@ _EXTRAS = {
     "tensorrt": ("TensorRT engines", "gpu"),
     "cuda": ("TensorRT engines (cuda-python)", "gpu"),
     "matplotlib": ("benchmark charts", "bench"),
+    "starlette": ("rerank-serve", "serve"),
+    "uvicorn": ("rerank-serve", "serve"),
+    "prometheus_client": ("rerank-serve's /metrics", "serve"),
+    "ray": ("rerank-serve --ray", "ray"),
 }
 
 

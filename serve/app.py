@@ -1,0 +1,198 @@
+"""The HTTP app (Starlette): the three rerank routes, /health, /ready, /info, /metrics.
+
+The same app runs embedded (uvicorn, the Scheduler batches) and in each Ray Serve replica (@serve.batch batches):
+only `make_engine` differs. The model loads in the background, so /health answers at once and /ready says 503 until
+the model is loaded and one warm-up batch has run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from rerank_runtime._deps import require
+
+from .metrics import Metrics
+from .model import Job, Model
+from .schemas import ROUTES, TEI, ServeError, check_limits, invalid, parse, respond
+from .settings import ServeSettings
+
+log = logging.getLogger("rerank_serve")
+DISCONNECTED = 499  # the status recorded for a request whose client left (nginx's convention)
+
+
+class Engine(Protocol):
+    async def score(self, job: Job) -> np.ndarray: ...
+
+    async def close(self) -> None: ...
+
+
+class _State:
+    def __init__(self) -> None:
+        self.model: Model | None = None
+        self.engine: Engine | None = None
+        self.error: str | None = None
+
+
+def create_app(settings: ServeSettings, load: Callable[[], Model],
+               make_engine: Callable[[Model, Metrics], Engine]) -> Any:  # fmt: skip
+    """A Starlette app serving `load()`'s model; `make_engine` is called in the event loop once it is loaded."""
+    starlette_apps = require("starlette.applications")
+    routing = require("starlette.routing")
+    responses = require("starlette.responses")
+    state, metrics = _State(), Metrics()
+
+    async def start() -> None:
+        try:
+            model = await asyncio.to_thread(load)
+            await asyncio.to_thread(model.warm_up)
+        except Exception as exc:  # /health and /ready report it; the process stays up for the orchestrator to see
+            log.exception("the model failed to load")
+            state.error = f"the model failed to load: {type(exc).__name__}: {exc}"
+            return
+        state.engine = make_engine(model, metrics)
+        state.model = model
+        log.info("ready: %s (%s)", model.model_name, model.info["model_class"])
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        loading = asyncio.get_running_loop().create_task(start())
+        yield
+        await loading  # a shutdown during loading waits for it: a loader thread cannot be interrupted
+        if state.engine is not None:
+            await state.engine.close()
+
+    def error(exc: ServeError) -> Any:
+        return responses.JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    async def health(request: Any) -> Any:
+        if state.error:
+            return error(ServeError(503, "unhealthy", state.error))
+        return responses.JSONResponse({"status": "ok"})
+
+    async def ready(request: Any) -> Any:
+        if state.model is None:
+            return error(ServeError(503, "unhealthy", state.error or "loading: the model is not loaded and warmed "
+                                    "up yet", {"Retry-After": "1"}))  # fmt: skip
+        return responses.JSONResponse({"status": "ready"})
+
+    async def info(request: Any) -> Any:
+        if state.model is None:
+            return await ready(request)
+        limits = {k: v for k, v in settings.to_dict().items() if k not in ("api_key", "export_dir")}
+        return responses.JSONResponse({**state.model.info, "limits": limits, "auth": settings.api_key is not None})
+
+    async def prometheus(request: Any) -> Any:
+        body, content_type = metrics.render()
+        return responses.Response(body, media_type=content_type)
+
+    async def rank(request: Any) -> Any:
+        route, started, status = request.url.path, time.monotonic(), 500
+        metrics.inflight.inc()
+        try:
+            response = await _rank(request, route)
+            status = response.status_code
+            return response
+        except ServeError as exc:
+            status = exc.status
+            return error(exc)
+        except asyncio.CancelledError:
+            status = DISCONNECTED
+            raise
+        except Exception as exc:  # a bug: still a JSON error, and logged with its traceback
+            log.exception("unexpected error on %s", route)
+            return error(ServeError(500, "backend", f"internal error: {type(exc).__name__}: {exc}"))
+        finally:
+            metrics.inflight.dec()
+            metrics.requests.labels(route, str(status)).inc()
+            metrics.latency.labels(route).observe(time.monotonic() - started)
+
+    async def _rank(request: Any, route: str) -> Any:
+        _authorize(request, settings.api_key)
+        model, engine = state.model, state.engine
+        if model is None or engine is None:
+            raise ServeError(503, "unhealthy", state.error or "loading: the model is not ready yet; retry shortly",
+                             {"Retry-After": "1"})  # fmt: skip
+        body = await _read_json(request, settings.max_body_bytes)
+        parsed = parse(route, body)
+        check_limits(parsed, settings.max_client_batch, settings.max_input_chars)
+        job = await asyncio.to_thread(model.prepare, parsed)
+        scores = await _unless_disconnected(request, engine.score(job))
+        bad = np.flatnonzero(~np.isfinite(scores))
+        if len(bad):
+            field = "texts" if route == TEI else "documents"
+            raise ServeError(500, "backend", f"the model scored `{field}[{int(bad[0])}]` as a non-finite value (NaN "
+                             "or inf); this request gets no scores rather than a wrong one. An fp16 export that "
+                             "overflows is the usual cause: serve an fp32 or bf16 export")  # fmt: skip
+        return responses.JSONResponse(respond(parsed, scores, model.model_name, job.total_tokens))
+
+    routes = [routing.Route(path, rank, methods=["POST"]) for path in ROUTES] + [
+        routing.Route("/health", health, methods=["GET"]),
+        routing.Route("/ready", ready, methods=["GET"]),
+        routing.Route("/info", info, methods=["GET"]),
+        routing.Route("/metrics", prometheus, methods=["GET"]),
+    ]
+    app = starlette_apps.Starlette(routes=routes, lifespan=lifespan)
+    app.state.serve = state
+    app.state.metrics = metrics
+    return app
+
+
+def _authorize(request: Any, api_key: str | None) -> None:
+    if api_key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        raise ServeError(401, "unauthorized", "missing or wrong API key: send the header `Authorization: Bearer "
+                         "<key>` with the key the server was started with (--api-key)",
+                         {"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+
+async def _read_json(request: Any, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise invalid(f"the request body is not valid JSON ({exc}); send a JSON object") from exc
+
+
+def _too_large(size: int, limit: int) -> ServeError:
+    return ServeError(413, "validation", f"the request body is {size} bytes or more, over the limit of {limit} bytes "
+                      "that --max-client-batch x --max-input-chars allow; split the request")  # fmt: skip
+
+
+async def _unless_disconnected(request: Any, scoring: Awaitable[np.ndarray]) -> np.ndarray:
+    """Await the scores, or cancel them (dropping pending pairs) as soon as the client disconnects."""
+    task = asyncio.ensure_future(scoring)
+    watch = asyncio.ensure_future(_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            task.cancel()
+            raise ServeError(DISCONNECTED, "disconnected", "the client disconnected; its pending pairs were dropped")
+        return task.result()
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+
+
+async def _disconnect(request: Any) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
