@@ -1,8 +1,8 @@
 """The HTTP app (Starlette): the three rerank routes, /health, /ready, /info, /metrics.
 
-The same app runs embedded (uvicorn, the Scheduler batches) and in each Ray Serve replica (@serve.batch batches):
-only `make_engine` differs. The model loads in the background, so /health answers at once and /ready says 503 until
-the model is loaded and one warm-up batch has run.
+The same app runs embedded (uvicorn; the Scheduler batches) and as Ray Serve's ingress (model replicas behind a
+deployment handle; @serve.batch batches): only the Engine differs. The model loads in the background, so /health
+answers at once and /ready says 503 until the model is loaded and one warm-up batch has run.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import numpy as np
 from rerank_runtime._deps import require
 
 from .metrics import Metrics
-from .model import Job, Model
-from .schemas import ROUTES, TEI, ServeError, check_limits, invalid, parse, respond
+from .schemas import ROUTES, TEI, RankRequest, ServeError, check_limits, invalid, parse, respond
 from .settings import ServeSettings
 
 log = logging.getLogger("rerank_serve")
@@ -30,41 +29,43 @@ DISCONNECTED = 499  # the status recorded for a request whose client left (nginx
 
 
 class Engine(Protocol):
-    async def score(self, job: Job) -> np.ndarray: ...
+    """What the routes score with. info: the model's /info (model_name, max_length, ...)."""
+
+    info: dict[str, Any]
+
+    async def rank(self, request: RankRequest) -> tuple[np.ndarray, int]:
+        """(raw float64 scores per document, NaN where non-finite; tokens the model saw)."""
+        ...
 
     async def close(self) -> None: ...
 
 
 class _State:
     def __init__(self) -> None:
-        self.model: Model | None = None
         self.engine: Engine | None = None
         self.error: str | None = None
 
 
-def create_app(settings: ServeSettings, load: Callable[[], Model],
-               make_engine: Callable[[Model, Metrics], Engine]) -> Any:  # fmt: skip
-    """A Starlette app serving `load()`'s model; `make_engine` is called in the event loop once it is loaded."""
+def create_app(settings: ServeSettings, start: Callable[[Metrics], Awaitable[Engine]]) -> Any:
+    """A Starlette app; `start(metrics)` loads the model (in the background, from the app's startup) and gives the
+    engine: the embedded Scheduler, or a handle to Ray Serve's model replicas."""
     starlette_apps = require("starlette.applications")
     routing = require("starlette.routing")
     responses = require("starlette.responses")
     state, metrics = _State(), Metrics()
 
-    async def start() -> None:
+    async def load() -> None:
         try:
-            model = await asyncio.to_thread(load)
-            await asyncio.to_thread(model.warm_up)
+            state.engine = await start(metrics)
         except Exception as exc:  # /health and /ready report it; the process stays up for the orchestrator to see
             log.exception("the model failed to load")
             state.error = f"the model failed to load: {type(exc).__name__}: {exc}"
             return
-        state.engine = make_engine(model, metrics)
-        state.model = model
-        log.info("ready: %s (%s)", model.model_name, model.info["model_class"])
+        log.info("ready: %s (%s)", state.engine.info["model_name"], state.engine.info["model_class"])
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
-        loading = asyncio.get_running_loop().create_task(start())
+        loading = asyncio.get_running_loop().create_task(load())
         yield
         await loading  # a shutdown during loading waits for it: a loader thread cannot be interrupted
         if state.engine is not None:
@@ -79,16 +80,16 @@ def create_app(settings: ServeSettings, load: Callable[[], Model],
         return responses.JSONResponse({"status": "ok"})
 
     async def ready(request: Any) -> Any:
-        if state.model is None:
+        if state.engine is None:
             return error(ServeError(503, "unhealthy", state.error or "loading: the model is not loaded and warmed "
                                     "up yet", {"Retry-After": "1"}))  # fmt: skip
         return responses.JSONResponse({"status": "ready"})
 
     async def info(request: Any) -> Any:
-        if state.model is None:
+        if state.engine is None:
             return await ready(request)
         limits = {k: v for k, v in settings.to_dict().items() if k not in ("api_key", "export_dir")}
-        return responses.JSONResponse({**state.model.info, "limits": limits, "auth": settings.api_key is not None})
+        return responses.JSONResponse({**state.engine.info, "limits": limits, "auth": settings.api_key is not None})
 
     async def prometheus(request: Any) -> Any:
         body, content_type = metrics.render()
@@ -117,22 +118,21 @@ def create_app(settings: ServeSettings, load: Callable[[], Model],
 
     async def _rank(request: Any, route: str) -> Any:
         _authorize(request, settings.api_key)
-        model, engine = state.model, state.engine
-        if model is None or engine is None:
+        engine = state.engine
+        if engine is None:
             raise ServeError(503, "unhealthy", state.error or "loading: the model is not ready yet; retry shortly",
                              {"Retry-After": "1"})  # fmt: skip
         body = await _read_json(request, settings.max_body_bytes)
         parsed = parse(route, body)
         check_limits(parsed, settings.max_client_batch, settings.max_input_chars)
-        job = await asyncio.to_thread(model.prepare, parsed)
-        scores = await _unless_disconnected(request, engine.score(job))
+        scores, tokens = await _unless_disconnected(request, engine.rank(parsed))
         bad = np.flatnonzero(~np.isfinite(scores))
         if len(bad):
             field = "texts" if route == TEI else "documents"
             raise ServeError(500, "backend", f"the model scored `{field}[{int(bad[0])}]` as a non-finite value (NaN "
                              "or inf); this request gets no scores rather than a wrong one. An fp16 export that "
                              "overflows is the usual cause: serve an fp32 or bf16 export")  # fmt: skip
-        return responses.JSONResponse(respond(parsed, scores, model.model_name, job.total_tokens))
+        return responses.JSONResponse(respond(parsed, scores, engine.info["model_name"], tokens))
 
     routes = [routing.Route(path, rank, methods=["POST"]) for path in ROUTES] + [
         routing.Route("/health", health, methods=["GET"]),
@@ -177,7 +177,7 @@ def _too_large(size: int, limit: int) -> ServeError:
                       "that --max-client-batch x --max-input-chars allow; split the request")  # fmt: skip
 
 
-async def _unless_disconnected(request: Any, scoring: Awaitable[np.ndarray]) -> np.ndarray:
+async def _unless_disconnected(request: Any, scoring: Awaitable[tuple[np.ndarray, int]]) -> tuple[np.ndarray, int]:
     """Await the scores, or cancel them (dropping pending pairs) as soon as the client disconnects."""
     task = asyncio.ensure_future(scoring)
     watch = asyncio.ensure_future(_disconnect(request))

@@ -83,11 +83,10 @@ def serve_embedded(settings: Any, host: str, port: int, log_level: str = "info")
 
     from .app import create_app
     from .model import load
-    from .scheduler import Scheduler
+    from .scheduler import LocalEngine
 
     uvicorn = require("uvicorn")
-    app = create_app(settings, lambda: load(settings), lambda model, metrics: Scheduler(
-        model, settings.max_batch_tokens, settings.max_batch_wait_ms, settings.max_queue, metrics))
+    app = create_app(settings, lambda metrics: LocalEngine.start(lambda: load(settings), settings, metrics))
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level=log_level,
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)  # fmt: skip
     server = uvicorn.Server(config)

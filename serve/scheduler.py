@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -23,7 +24,8 @@ import numpy as np
 
 from .metrics import Metrics
 from .model import GroupKey, Job, Model
-from .schemas import ServeError
+from .schemas import RankRequest, ServeError
+from .settings import ServeSettings
 
 
 @dataclass(eq=False)
@@ -173,3 +175,27 @@ class Scheduler:
     def _count(self, delta: int) -> None:
         self.pending_pairs += delta
         self.metrics.queue_pairs.set(self.pending_pairs)
+
+
+class LocalEngine:
+    """The embedded server's Engine: the model in this process behind a Scheduler."""
+
+    def __init__(self, model: Model, scheduler: Scheduler) -> None:
+        self.model = model
+        self.scheduler = scheduler
+        self.info = model.info
+
+    @classmethod
+    async def start(cls, load: Callable[[], Model], settings: ServeSettings, metrics: Metrics) -> LocalEngine:
+        """Load and warm up the model on a thread, then start the scheduler in this event loop."""
+        model = await asyncio.to_thread(load)
+        await asyncio.to_thread(model.warm_up)
+        return cls(model, Scheduler(model, settings.max_batch_tokens, settings.max_batch_wait_ms, settings.max_queue,
+                                    metrics))  # fmt: skip
+
+    async def rank(self, request: RankRequest) -> tuple[np.ndarray, int]:
+        job = await asyncio.to_thread(self.model.prepare, request)  # tokenises
+        return await self.scheduler.score(job), job.total_tokens
+
+    async def close(self) -> None:
+        await self.scheduler.close()
