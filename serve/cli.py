@@ -61,12 +61,12 @@ def settings_from(args: argparse.Namespace) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from rerank_runtime.artifact import detect_model_class
     from rerank_runtime.errors import RerankError
-    from rerank_runtime.manifest import Manifest
 
     try:
         settings = settings_from(args)
-        Manifest.read(settings.export_dir)  # fail before listening: a wrong path is exit 2, not a 503 later
+        detect_model_class(settings.export_dir)  # reads the manifest: fail before listening: a wrong path is exit 2, not a 503 later
     except (ValueError, RerankError) as exc:
         print(f"rerank-serve: {exc}", file=sys.stderr)
         return 2

@@ -76,6 +76,13 @@ def _right_only(name: str, value: Any) -> str:
     return value
 
 
+def _priority(name: str, value: Any) -> int:
+    """Cohere v2's scheduling priority: checked, then not used (requests are served in arrival order)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise invalid(f"field `{name}` must be an integer >= 0, got {json_type(value)}: {value!r:.60}")
+    return value
+
+
 def _must_be_null(name: str, value: Any) -> None:
     raise invalid(f"field `{name}` is not supported by this server (got {value!r:.60}); leave it out")
 
@@ -101,7 +108,8 @@ FIELDS: dict[str, dict[str, Checker]] = {
           "return_text": _bool, "truncation_direction": _right_only},
     V1: {**_COMMON, "model": _text, "documents": _documents, "return_documents": _bool,
          "max_chunks_per_doc": _must_be_null, "rank_fields": _must_be_null},
-    V2: {**_COMMON, "model": _text, "documents": _documents, "max_tokens_per_doc": _positive_int},
+    V2: {**_COMMON, "model": _text, "documents": _documents, "max_tokens_per_doc": _positive_int,
+         "priority": _priority, "relevant_spans": _must_be_null},
 }
 
 
@@ -116,7 +124,7 @@ def parse(route: str, body: Any) -> RankRequest:
     values = {name: known[name](name, value) for name, value in body.items() if value is not None}
     if "query" not in values:
         raise invalid("field `query` is required (a string)")
-    docs_field = "texts" if route == TEI and "texts" in values else "documents"
+    docs_field = "texts" if route == TEI and "documents" not in values else "documents"
     if route == TEI and "texts" in values and "documents" in values:
         raise invalid("fields `texts` and `documents` are the same list; send one of them")
     if docs_field not in values:
