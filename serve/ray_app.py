@@ -173,8 +173,9 @@ def run_ray(settings: ServeSettings, host: str, port: int, options: RayOptions) 
     ray.init(address=options.address, ignore_reinit_error=True)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build(settings, options), name=APP_NAME, route_prefix="/", blocking=False)
-    print(f"rerank-serve: {options.replicas} replica(s) of {settings.export_dir} on http://{host}:{port} (Ray Serve)",
-          flush=True)  # fmt: skip
+    gcs = ray.get_runtime_context().gcs_address
+    print(f"rerank-serve: {options.replicas} replica(s) of {settings.export_dir} on http://{host}:{port} (Ray Serve, "
+          f"cluster {gcs})", flush=True)  # fmt: skip
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
