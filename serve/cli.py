@@ -37,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=os.environ.get("RERANK_SERVE_API_KEY"),
                    help="require `Authorization: Bearer KEY` on the rerank routes (default: $RERANK_SERVE_API_KEY, "
                    "else open)")
+    p.add_argument("--no-cross-request-batching", action="store_true",
+                   help="score each request on its own (embedded server only; for comparison)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ray = p.add_argument_group("Ray Serve (pip install 'bge-rerank-fast[ray]')")
     ray.add_argument("--ray", action="store_true", help="serve on Ray Serve instead of one embedded process")
@@ -55,6 +57,7 @@ def settings_from(args: argparse.Namespace) -> Any:
         max_batch_tokens=args.max_batch_tokens, max_batch_wait_ms=args.max_batch_wait_ms,
         max_client_batch=args.max_client_batch, max_input_chars=args.max_input_chars, max_queue=args.max_queue,
         model_name=args.model_name, api_key=args.api_key or None,
+        cross_request_batching=not args.no_cross_request_batching,
     )  # fmt: skip
 
 

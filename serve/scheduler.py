@@ -39,8 +39,9 @@ class Scheduler:
     """score(job) -> raw float64 scores of job.pairs. Create and use it inside one running event loop."""
 
     def __init__(self, model: Model, max_batch_tokens: int, max_wait_ms: float, max_queue: int,
-                 metrics: Metrics) -> None:  # fmt: skip
+                 metrics: Metrics, merge: bool = True) -> None:  # fmt: skip
         self.model = model
+        self.merge = merge
         self.budget = max_batch_tokens
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
@@ -125,7 +126,7 @@ class Scheduler:
     def _take(self, key: GroupKey) -> list[_Entry]:
         """Whole requests from the head of the group while they fit the token budget (always at least one)."""
         queue, batch, tokens = self.groups[key], [], 0
-        while queue and (not batch or tokens + queue[0].job.total_tokens <= self.budget):
+        while queue and (not batch or (self.merge and tokens + queue[0].job.total_tokens <= self.budget)):
             entry = queue.popleft()
             entry.started = True
             tokens += entry.job.total_tokens
@@ -191,7 +192,7 @@ class LocalEngine:
         model = await asyncio.to_thread(load)
         await asyncio.to_thread(model.warm_up)
         return cls(model, Scheduler(model, settings.max_batch_tokens, settings.max_batch_wait_ms, settings.max_queue,
-                                    metrics))  # fmt: skip
+                                    metrics, merge=settings.cross_request_batching))  # fmt: skip
 
     async def rank(self, request: RankRequest) -> tuple[np.ndarray, int]:
         job = await asyncio.to_thread(self.model.prepare, request)  # tokenises

@@ -14,6 +14,7 @@ class ServeSettings:
     max_batch_wait_ms: how long pending pairs wait for others to join their batch.
     max_client_batch: documents per request; max_input_chars: characters per query or document.
     max_queue: pairs waiting (not yet running) across all requests; beyond it requests get 429.
+    cross_request_batching: False scores each request on its own (one request per runtime call); for comparison.
     """
 
     export_dir: str
@@ -26,6 +27,7 @@ class ServeSettings:
     max_queue: int = 20000
     model_name: str | None = None
     api_key: str | None = None
+    cross_request_batching: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_batch_tokens", "max_client_batch", "max_input_chars", "max_queue"):

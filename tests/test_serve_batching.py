@@ -57,9 +57,10 @@ def raw_scores(response: httpx.Response) -> dict[int, float]:
     return {r["index"]: r["score"] for r in response.json()}
 
 
-def test_pending_requests_are_merged_into_one_runtime_call_and_routed_back():
+@pytest.mark.parametrize("merge", [True, False])
+def test_pending_requests_are_merged_into_one_runtime_call_and_routed_back(merge):
     backend = GatedBackend()
-    server, reranker = serve_fake(backend)
+    server, reranker = serve_fake(backend, cross_request_batching=merge)
     with server:
         server.wait_ready()
         out: dict[str, Any] = {}
@@ -72,8 +73,10 @@ def test_pending_requests_are_merged_into_one_runtime_call_and_routed_back():
         backend.gate.set()
         for t in threads + [blocker]:
             t.join(60)
-        assert len(backend.batches) == runs_before + 2  # the blocker, then all 8 requests in one call
-        assert backend.batches[-1] == 16
+        if merge:
+            assert backend.batches[runs_before:] == [1, 16]  # the blocker, then all 8 requests in one call
+        else:
+            assert backend.batches[runs_before:] == [1] + [2] * 8  # one call per request
         for i, q in enumerate(queries):
             want = reranker.compute_score_array([(q, f"doc {i}"), (q, "shared")])
             got = raw_scores(out[q])
