@@ -87,7 +87,7 @@ def test_tei_route_raw_and_sigmoid_scores(server, offline):
 
 
 def test_cohere_v2_client(server, offline):
-    client = cohere.ClientV2(api_key=KEY, base_url=server.url, max_retries=0)
+    client = cohere.ClientV2(api_key=KEY, base_url=server.url)
     response = client.rerank(model="any-name", query=QUERY, documents=DOCS, top_n=4)
     want = offline(DOCS, normalize=True)
     assert [r.index for r in response.results] == expected_order(want)[:4]
@@ -98,7 +98,7 @@ def test_cohere_v2_client(server, offline):
 
 
 def test_cohere_v1_client_with_documents(server, offline):
-    client = cohere.Client(api_key=KEY, base_url=server.url, max_retries=0)
+    client = cohere.Client(api_key=KEY, base_url=server.url)
     docs = [{"text": d} for d in DOCS[:3]]
     response = client.rerank(query=QUERY, documents=docs, return_documents=True)
     want = offline(DOCS[:3], normalize=True)
@@ -181,8 +181,7 @@ def test_401_for_a_missing_or_wrong_key(server):
     assert wrong.status_code == 401 and wrong.json()["error_type"] == "unauthorized"
     assert wrong.headers["www-authenticate"] == "Bearer"
     with pytest.raises(cohere.errors.UnauthorizedError):
-        cohere.ClientV2(api_key="wrong", base_url=server.url, max_retries=0).rerank(model="m", query=QUERY,
-                                                                                   documents=["a"])  # fmt: skip
+        cohere.ClientV2(api_key="wrong", base_url=server.url).rerank(model="m", query=QUERY, documents=["a"])
     assert httpx.get(server.url + "/health").status_code == 200  # probes stay open
 
 
@@ -287,3 +286,19 @@ def test_cli_refuses_a_missing_export_with_exit_2(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "rerank_serve.cli", str(tmp_path), "--max-queue", "0"],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and "max_queue" in bad.stderr
+
+
+# --- a framework integration: LangChain's Cohere reranker against /v2/rerank ------------------------------------------
+
+
+def test_langchain_cohere_rerank(server, offline):
+    langchain_cohere = pytest.importorskip("langchain_cohere")
+    from langchain_core.documents import Document
+
+    reranker = langchain_cohere.CohereRerank(model="any-name", cohere_api_key=KEY, base_url=server.url, top_n=3)
+    docs = [Document(page_content=d, metadata={"n": i}) for i, d in enumerate(DOCS[:5])]
+    kept = reranker.compress_documents(docs, QUERY)
+    want = offline(DOCS[:5], normalize=True)
+    assert [d.metadata["n"] for d in kept] == expected_order(want)[:3]
+    for d in kept:
+        assert d.metadata["relevance_score"] == pytest.approx(want[d.metadata["n"]], abs=1e-6)

@@ -104,7 +104,7 @@ def test_same_answers_as_the_embedded_server(ray_server):
             local = httpx.post(embedded.url + route, json=body, timeout=60)
             assert on_ray.status_code == local.status_code == 200, on_ray.text
             assert _without_ids(on_ray.json()) == _without_ids(local.json())
-    client = cohere.ClientV2(api_key="none", base_url=ray_server["url"], max_retries=0)
+    client = cohere.ClientV2(api_key="none", base_url=ray_server["url"])
     response = client.rerank(model="m", query=QUERIES[0], documents=DOCS[3])
     want = FlagAutoReranker.from_finetuned(str(ray_server["export"])).compute_score(
         [(QUERIES[0], d) for d in DOCS[3]], normalize=True)
@@ -181,3 +181,19 @@ def test_sigterm_takes_the_application_down_and_exits_0(ray_server):
     proc = ray_server["proc"]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(90) == 0, ray_server["log"].read_text()[-3000:]
+
+
+def test_the_documented_serve_config_file_is_valid():
+    """serve/ray-config.yaml passes Ray Serve's own schema, names our deployments, and its args are ServeSettings."""
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from rerank_serve.ray_app import INGRESS, app_builder
+
+    config = yaml.safe_load((Path(__file__).resolve().parent.parent / "serve" / "ray-config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(config)
+    app = schema.applications[0]
+    assert app.import_path == "rerank_serve.ray_app:app_builder"
+    assert {d.name for d in app.deployments} == {INGRESS, MODEL}
+    ServeSettings.from_dict(app.args)  # every arg is a rerank-serve setting
+    assert type(app_builder(app.args)).__name__ == "Application"
