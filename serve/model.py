@@ -119,8 +119,9 @@ def load(settings: ServeSettings) -> Model:
     from rerank_runtime.manifest import Manifest
 
     manifest = Manifest.read(settings.export_dir)
+    devices = settings.devices.split(",") if settings.devices and "," in settings.devices else settings.devices
     reranker = FlagAutoReranker.from_finetuned(
-        settings.export_dir, devices=settings.devices, provider=settings.provider,
+        settings.export_dir, devices=devices, provider=settings.provider,
         max_batch_tokens=settings.max_batch_tokens, max_length=manifest.max_length,
     )  # fmt: skip
     info = {"family": manifest.family, "precision": manifest.precision, "provider": settings.provider or "cpu",
