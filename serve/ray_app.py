@@ -77,9 +77,8 @@ def _deployments() -> tuple[Any, Any]:
 
         async def rank(self, request: RankRequest) -> tuple[Any, ...]:
             """("ok", scores, tokens) or ("error", status, error_type, message, headers): errors travel as values."""
-            loop = asyncio.get_running_loop()
-            try:
-                job = await loop.run_in_executor(self.pool, self.model.prepare, request)
+            try:  # tokenising off the scoring pool, so that requests queue up for the batcher while a batch runs
+                job = await asyncio.to_thread(self.model.prepare, request)
                 n, limit = len(job.pairs), self.settings.max_queue
                 if self.pending_pairs + n > limit:
                     raise ServeError(429, "overloaded", f"this replica holds {self.pending_pairs} pairs; this "
@@ -94,6 +93,7 @@ def _deployments() -> tuple[Any, Any]:
                 self.pending_pairs -= n
             return ("ok", scores, job.total_tokens)
 
+        # one batch at a time per replica (one device each); the real budget and wait are set per replica in __init__
         @serve.batch(max_batch_size=16384, batch_wait_timeout_s=0.002, batch_size_fn=batch_tokens)
         async def score_batch(self, items: list[Item]) -> list[np.ndarray]:
             jobs = [job for job, _ in items]

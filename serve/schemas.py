@@ -58,10 +58,17 @@ def _bool(name: str, value: Any) -> bool:
     return value
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise invalid(f"field `{name}` must be an integer >= 1, got {json_type(value)}: {value!r:.60}")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str, Any], int]:
+    def check(name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise invalid(f"field `{name}` must be an integer >= {minimum}, got {json_type(value)}: {value!r:.60}")
+        return value
+
+    return check
+
+
+_positive_int = _int_at_least(1)
+_priority = _int_at_least(0)  # Cohere v2's scheduling priority: checked, then not used (requests are served in order)
 
 
 def _text(name: str, value: Any) -> str:
@@ -73,13 +80,6 @@ def _text(name: str, value: Any) -> str:
 def _right_only(name: str, value: Any) -> str:
     if value not in ("right", "Right"):
         raise invalid(f"field `{name}`: only \"right\" truncation is served (as FlagEmbedding cuts), got {value!r:.60}")
-    return value
-
-
-def _priority(name: str, value: Any) -> int:
-    """Cohere v2's scheduling priority: checked, then not used (requests are served in arrival order)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise invalid(f"field `{name}` must be an integer >= 0, got {json_type(value)}: {value!r:.60}")
     return value
 
 

@@ -7,7 +7,9 @@ limit, /ready before warm-up.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -31,10 +33,11 @@ def serve_fake(backend: GatedBackend, **limits: Any) -> tuple[ServerThread, Any]
     return ServerThread(app), reranker
 
 
-def post_in_thread(url: str, body: dict[str, Any], out: dict[str, Any], key: str, timeout: float = 60.0):
+def post_in_thread(url: str, body: dict[str, Any], out: dict[str, Any], key: str, timeout: float = 60.0,
+                   path: str = "/rerank") -> threading.Thread:  # fmt: skip
     def go() -> None:
         try:
-            out[key] = httpx.post(url + "/rerank", json=body, timeout=timeout)
+            out[key] = httpx.post(url + path, json=body, timeout=timeout)
         except httpx.HTTPError as exc:
             out[key] = exc
 
@@ -52,6 +55,34 @@ def hold_worker(server: ServerThread, backend: GatedBackend, out: dict[str, Any]
     return thread
 
 
+class Held:
+    """A fake-backend server whose only worker is held by a blocking request until `release()`."""
+
+    def __init__(self, server: ServerThread, backend: GatedBackend, reranker: Any) -> None:
+        self.server, self.backend, self.reranker = server, backend, reranker
+        self.out: dict[str, Any] = {}
+        self.threads = [hold_worker(server, backend, self.out)]
+
+    def post(self, key: str, body: dict[str, Any], timeout: float = 60.0, path: str = "/rerank") -> threading.Thread:
+        thread = post_in_thread(self.server.url, body, self.out, key, timeout, path)
+        self.threads.append(thread)
+        return thread
+
+    def release(self) -> None:
+        self.backend.gate.set()
+        for thread in self.threads:
+            thread.join(60)
+
+
+@contextlib.contextmanager
+def held(**limits: Any) -> Iterator[Held]:
+    backend = GatedBackend()
+    server, reranker = serve_fake(backend, **limits)
+    with server:
+        server.wait_ready()
+        yield Held(server, backend, reranker)
+
+
 def raw_scores(response: httpx.Response) -> dict[int, float]:
     assert response.status_code == 200, response.text
     return {r["index"]: r["score"] for r in response.json()}
@@ -59,94 +90,65 @@ def raw_scores(response: httpx.Response) -> dict[int, float]:
 
 @pytest.mark.parametrize("merge", [True, False])
 def test_pending_requests_are_merged_into_one_runtime_call_and_routed_back(merge):
-    backend = GatedBackend()
-    server, reranker = serve_fake(backend, cross_request_batching=merge)
-    with server:
-        server.wait_ready()
-        out: dict[str, Any] = {}
-        blocker = hold_worker(server, backend, out)
+    with held(cross_request_batching=merge) as h:
         queries = [f"query {i}" for i in range(8)]
-        threads = [post_in_thread(server.url, {"query": q, "texts": [f"doc {i}", "shared"], "raw_scores": True},
-                                  out, q) for i, q in enumerate(queries)]  # fmt: skip
-        wait_for(lambda: server.metric("rerank_queue_pairs") == 16, what="16 pairs pending")
-        runs_before = len(backend.batches)
-        backend.gate.set()
-        for t in threads + [blocker]:
-            t.join(60)
-        if merge:
-            assert backend.batches[runs_before:] == [1, 16]  # the blocker, then all 8 requests in one call
-        else:
-            assert backend.batches[runs_before:] == [1] + [2] * 8  # one call per request
         for i, q in enumerate(queries):
-            want = reranker.compute_score_array([(q, f"doc {i}"), (q, "shared")])
-            got = raw_scores(out[q])
+            h.post(q, {"query": q, "texts": [f"doc {i}", "shared"], "raw_scores": True})
+        wait_for(lambda: h.server.metric("rerank_queue_pairs") == 16, what="16 pairs pending")
+        runs_before = len(h.backend.batches)
+        h.release()
+        if merge:
+            assert h.backend.batches[runs_before:] == [1, 16]  # the blocker, then all 8 requests in one call
+        else:
+            assert h.backend.batches[runs_before:] == [1] + [2] * 8  # one call per request
+        for i, q in enumerate(queries):
+            want = h.reranker.compute_score_array([(q, f"doc {i}"), (q, "shared")])
+            got = raw_scores(h.out[q])
             assert [got[0], got[1]] == pytest.approx(want.tolist(), abs=1e-6)
-        assert server.metric("rerank_batch_pairs_sum") >= 16
+        assert h.server.metric("rerank_batch_pairs_sum") >= 16
 
 
 def test_a_nan_fails_only_its_own_request_and_names_the_document():
-    backend = GatedBackend()
-    server, reranker = serve_fake(backend)
-    with server:
-        server.wait_ready()
-        out: dict[str, Any] = {}
-        blocker = hold_worker(server, backend, out)
-        bad = post_in_thread(server.url, {"query": "q", "texts": ["fine", f"bro{NAN_CHAR}ken", "also fine"]}, out,
-                             "bad")  # fmt: skip
-        good = post_in_thread(server.url, {"query": "q", "texts": ["good", "better"], "raw_scores": True}, out, "good")
-        wait_for(lambda: server.metric("rerank_queue_pairs") == 5, what="both requests pending")
-        backend.gate.set()
-        for t in (blocker, bad, good):
-            t.join(60)
-        assert backend.batches[-1] == 5  # one runtime call held both requests
-        assert out["bad"].status_code == 500
-        body = out["bad"].json()
+    with held() as h:
+        h.post("bad", {"query": "q", "texts": ["fine", f"bro{NAN_CHAR}ken", "also fine"]})
+        h.post("good", {"query": "q", "texts": ["good", "better"], "raw_scores": True})
+        wait_for(lambda: h.server.metric("rerank_queue_pairs") == 5, what="both requests pending")
+        h.release()
+        assert h.backend.batches[-1] == 5  # one runtime call held both requests
+        assert h.out["bad"].status_code == 500
+        body = h.out["bad"].json()
         assert body["error_type"] == "backend" and "`texts[1]`" in body["error"] and "non-finite" in body["error"]
         assert set(body) == {"error", "error_type"}
-        want = reranker.compute_score_array([("q", "good"), ("q", "better")])
-        got = raw_scores(out["good"])
+        want = h.reranker.compute_score_array([("q", "good"), ("q", "better")])
+        got = raw_scores(h.out["good"])
         assert [got[0], got[1]] == pytest.approx(want.tolist(), abs=1e-6)
-        assert server.metric("rerank_requests_total", {"route": "/rerank", "status": "500"}) == 1
+        assert h.server.metric("rerank_requests_total", {"route": "/rerank", "status": "500"}) == 1
 
 
 def test_a_client_that_disconnects_has_its_pending_pairs_dropped():
-    backend = GatedBackend()
-    server, _ = serve_fake(backend)
-    with server:
-        server.wait_ready()
-        out: dict[str, Any] = {}
-        blocker = hold_worker(server, backend, out)
-        leaver = post_in_thread(server.url, {"query": "q", "texts": ["a", "b", "c"]}, out, "leaver", timeout=0.5)
-        leaver.join(30)
-        assert isinstance(out["leaver"], httpx.ReadTimeout)  # the client gave up and closed its connection
-        wait_for(lambda: server.metric("rerank_pairs_dropped_total") == 3, what="the 3 pairs to be dropped")
-        assert server.metric("rerank_queue_pairs") == 0
-        rows_before = sum(backend.batches)
-        backend.gate.set()
-        blocker.join(60)
-        assert out["blocker"].status_code == 200
-        assert sum(backend.batches) == rows_before + 1  # only the blocker's pair ever reached the model
-        wait_for(lambda: server.metric("rerank_requests_total", {"route": "/rerank", "status": "499"}) == 1,
+    with held() as h:
+        h.post("leaver", {"query": "q", "texts": ["a", "b", "c"]}, timeout=0.5).join(30)
+        assert isinstance(h.out["leaver"], httpx.ReadTimeout)  # the client gave up and closed its connection
+        wait_for(lambda: h.server.metric("rerank_pairs_dropped_total") == 3, what="the 3 pairs to be dropped")
+        assert h.server.metric("rerank_queue_pairs") == 0
+        rows_before = sum(h.backend.batches)
+        h.release()
+        assert h.out["blocker"].status_code == 200
+        assert sum(h.backend.batches) == rows_before + 1  # only the blocker's pair ever reached the model
+        wait_for(lambda: h.server.metric("rerank_requests_total", {"route": "/rerank", "status": "499"}) == 1,
                  what="the disconnect to be recorded as 499")  # fmt: skip
 
 
 def test_a_full_queue_answers_429_with_retry_after():
-    backend = GatedBackend()
-    server, _ = serve_fake(backend, max_queue=5)
-    with server:
-        server.wait_ready()
-        out: dict[str, Any] = {}
-        blocker = hold_worker(server, backend, out)
-        waiting = post_in_thread(server.url, {"query": "q", "texts": ["a", "b", "c", "d"]}, out, "waiting")
-        wait_for(lambda: server.metric("rerank_queue_pairs") == 4, what="4 pairs pending")
-        refused = httpx.post(server.url + "/rerank", json={"query": "q", "texts": ["e", "f"]}, timeout=30)
+    with held(max_queue=5) as h:
+        h.post("waiting", {"query": "q", "texts": ["a", "b", "c", "d"]})
+        wait_for(lambda: h.server.metric("rerank_queue_pairs") == 4, what="4 pairs pending")
+        refused = httpx.post(h.server.url + "/rerank", json={"query": "q", "texts": ["e", "f"]}, timeout=30)
         assert refused.status_code == 429
         assert refused.headers["retry-after"] == "1"
         assert refused.json()["error_type"] == "overloaded" and "--max-queue" in refused.json()["error"]
-        backend.gate.set()
-        for t in (blocker, waiting):
-            t.join(60)
-        assert out["waiting"].status_code == 200 and len(out["waiting"].json()) == 4
+        h.release()
+        assert h.out["waiting"].status_code == 200 and len(h.out["waiting"].json()) == 4
 
 
 def test_ready_is_503_until_the_warm_up_batch_has_run():
@@ -168,33 +170,19 @@ def test_ready_is_503_until_the_warm_up_batch_has_run():
 
 def test_several_groups_of_options_are_scored_apart():
     """Requests whose options change scores (here max_length via Cohere v2's max_tokens_per_doc) never share a call."""
-    backend = GatedBackend()
-    server, reranker = serve_fake(backend)
-    with server:
-        server.wait_ready()
-        out: dict[str, Any] = {}
-        blocker = hold_worker(server, backend, out)
+    with held() as h:
         body = {"model": "m", "query": "a query", "documents": ["a rather long document text"]}
-
-        def v2(key: str, extra: dict[str, Any]) -> threading.Thread:
-            def go() -> None:
-                out[key] = httpx.post(server.url + "/v2/rerank", json={**body, **extra}, timeout=60)
-
-            thread = threading.Thread(target=go)
-            thread.start()
-            return thread
-
-        threads = [v2("cut", {"max_tokens_per_doc": 12}), v2("full", {})]
-        wait_for(lambda: server.metric("rerank_queue_pairs") == 2, what="both requests pending")
-        backend.gate.set()
-        for t in threads + [blocker]:
-            t.join(60)
-        assert backend.batches[-2:] == [1, 1]
+        h.post("cut", {**body, "max_tokens_per_doc": 12}, path="/v2/rerank")
+        h.post("full", body, path="/v2/rerank")
+        wait_for(lambda: h.server.metric("rerank_queue_pairs") == 2, what="both requests pending")
+        h.release()
+        assert h.backend.batches[-2:] == [1, 1]
         pair = [("a query", "a rather long document text")]
+        scores = {key: h.out[key].json()["results"][0]["relevance_score"] for key in ("cut", "full")}
         for key, max_length in (("cut", 12), ("full", 512)):
-            want = reranker.compute_score_array(pair, max_length=max_length, normalize=True)
-            assert out[key].json()["results"][0]["relevance_score"] == pytest.approx(float(want[0]), abs=1e-12)
-        assert out["cut"].json()["results"][0]["relevance_score"] != out["full"].json()["results"][0]["relevance_score"]
+            want = h.reranker.compute_score_array(pair, max_length=max_length, normalize=True)
+            assert scores[key] == pytest.approx(float(want[0]), abs=1e-12)
+        assert scores["cut"] != scores["full"]
 
 
 def test_scheduler_close_runs_what_is_pending_then_stops():
