@@ -40,90 +40,88 @@ class Engine(Protocol):
     async def close(self) -> None: ...
 
 
-class _State:
-    def __init__(self) -> None:
+class _Routes:
+    """The app's handlers and what they share: the settings, the engine once loaded, the metrics."""
+
+    def __init__(self, settings: ServeSettings, start: Callable[[Metrics], Awaitable[Engine]]) -> None:
+        self.responses = require("starlette.responses")
+        self.settings, self.start, self.metrics = settings, start, Metrics()
         self.engine: Engine | None = None
         self.error: str | None = None
 
-
-def create_app(settings: ServeSettings, start: Callable[[Metrics], Awaitable[Engine]]) -> Any:
-    """A Starlette app; `start(metrics)` loads the model (in the background, from the app's startup) and gives the
-    engine: the embedded Scheduler, or a handle to Ray Serve's model replicas."""
-    starlette_apps = require("starlette.applications")
-    routing = require("starlette.routing")
-    responses = require("starlette.responses")
-    state, metrics = _State(), Metrics()
-
-    async def load() -> None:
+    async def load(self) -> None:
         try:
-            state.engine = await start(metrics)
+            self.engine = await self.start(self.metrics)
         except Exception as exc:  # /health and /ready report it; the process stays up for the orchestrator to see
             log.exception("the model failed to load")
-            state.error = f"the model failed to load: {type(exc).__name__}: {exc}"
+            self.error = f"the model failed to load: {type(exc).__name__}: {exc}"
             return
-        log.info("ready: %s (%s)", state.engine.info["model_name"], state.engine.info["model_class"])
+        log.info("ready: %s (%s)", self.engine.info["model_name"], self.engine.info["model_class"])
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        loading = asyncio.get_running_loop().create_task(load())
+    async def lifespan(self, app: Any) -> AsyncIterator[None]:
+        loading = asyncio.get_running_loop().create_task(self.load())
         yield
         await loading  # a shutdown during loading waits for it: a loader thread cannot be interrupted
-        if state.engine is not None:
-            await state.engine.close()
+        if self.engine is not None:
+            await self.engine.close()
 
-    def error(exc: ServeError) -> Any:
-        return responses.JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    def reply(self, exc: ServeError) -> Any:
+        return self.responses.JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
-    async def health(request: Any) -> Any:
-        if state.error:
-            return error(ServeError(503, "unhealthy", state.error))
-        return responses.JSONResponse({"status": "ok"})
+    def not_ready(self) -> ServeError:
+        return ServeError(503, "unhealthy", self.error or "loading: the model is not loaded and warmed up yet; retry "
+                          "shortly", {"Retry-After": "1"})  # fmt: skip
 
-    async def ready(request: Any) -> Any:
-        if state.engine is None:
-            return error(ServeError(503, "unhealthy", state.error or "loading: the model is not loaded and warmed "
-                                    "up yet", {"Retry-After": "1"}))  # fmt: skip
-        return responses.JSONResponse({"status": "ready"})
+    async def health(self, request: Any) -> Any:
+        if self.error:
+            return self.reply(ServeError(503, "unhealthy", self.error))
+        return self.responses.JSONResponse({"status": "ok"})
 
-    async def info(request: Any) -> Any:
-        if state.engine is None:
-            return await ready(request)
-        limits = {k: v for k, v in settings.to_dict().items() if k not in ("api_key", "export_dir")}
-        return responses.JSONResponse({**state.engine.info, "limits": limits, "auth": settings.api_key is not None})
+    async def ready(self, request: Any) -> Any:
+        if self.engine is None:
+            return self.reply(self.not_ready())
+        return self.responses.JSONResponse({"status": "ready"})
 
-    async def prometheus(request: Any) -> Any:
-        body, content_type = metrics.render()
-        return responses.Response(body, media_type=content_type)
+    async def info(self, request: Any) -> Any:
+        if self.engine is None:
+            return self.reply(self.not_ready())
+        limits = {k: v for k, v in self.settings.to_dict().items() if k not in ("api_key", "export_dir")}
+        return self.responses.JSONResponse({**self.engine.info, "limits": limits,
+                                            "auth": self.settings.api_key is not None})  # fmt: skip
 
-    async def rank(request: Any) -> Any:
+    async def prometheus(self, request: Any) -> Any:
+        body, content_type = self.metrics.render()
+        return self.responses.Response(body, media_type=content_type)
+
+    async def rank(self, request: Any) -> Any:
+        """A rerank route, with its request counted, timed and answered as JSON whatever happens."""
         route, started, status = request.url.path, time.monotonic(), 500
-        metrics.inflight.inc()
+        self.metrics.inflight.inc()
         try:
-            response = await _rank(request, route)
+            response = await self._rank(request, route)
             status = response.status_code
             return response
         except ServeError as exc:
             status = exc.status
-            return error(exc)
+            return self.reply(exc)
         except asyncio.CancelledError:
             status = DISCONNECTED
             raise
         except Exception as exc:  # a bug: still a JSON error, and logged with its traceback
             log.exception("unexpected error on %s", route)
-            return error(ServeError(500, "backend", f"internal error: {type(exc).__name__}: {exc}"))
+            return self.reply(ServeError(500, "backend", f"internal error: {type(exc).__name__}: {exc}"))
         finally:
-            metrics.inflight.dec()
-            metrics.requests.labels(route, str(status)).inc()
-            metrics.latency.labels(route).observe(time.monotonic() - started)
+            self.metrics.inflight.dec()
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.monotonic() - started)
 
-    async def _rank(request: Any, route: str) -> Any:
+    async def _rank(self, request: Any, route: str) -> Any:
+        settings, engine = self.settings, self.engine
         _authorize(request, settings.api_key)
-        engine = state.engine
         if engine is None:
-            raise ServeError(503, "unhealthy", state.error or "loading: the model is not ready yet; retry shortly",
-                             {"Retry-After": "1"})  # fmt: skip
-        body = await _read_json(request, settings.max_body_bytes)
-        parsed = parse(route, body)
+            raise self.not_ready()
+        parsed = parse(route, await _read_json(request, settings.max_body_bytes))
         check_limits(parsed, settings.max_client_batch, settings.max_input_chars)
         scores, tokens = await _unless_disconnected(request, engine.rank(parsed))
         bad = np.flatnonzero(~np.isfinite(scores))
@@ -132,17 +130,22 @@ def create_app(settings: ServeSettings, start: Callable[[Metrics], Awaitable[Eng
             raise ServeError(500, "backend", f"the model scored `{field}[{int(bad[0])}]` as a non-finite value (NaN "
                              "or inf); this request gets no scores rather than a wrong one. An fp16 export that "
                              "overflows is the usual cause: serve an fp32 or bf16 export")  # fmt: skip
-        return responses.JSONResponse(respond(parsed, scores, engine.info["model_name"], tokens))
+        return self.responses.JSONResponse(respond(parsed, scores, engine.info["model_name"], tokens))
 
-    routes = [routing.Route(path, rank, methods=["POST"]) for path in ROUTES] + [
-        routing.Route("/health", health, methods=["GET"]),
-        routing.Route("/ready", ready, methods=["GET"]),
-        routing.Route("/info", info, methods=["GET"]),
-        routing.Route("/metrics", prometheus, methods=["GET"]),
+
+def create_app(settings: ServeSettings, start: Callable[[Metrics], Awaitable[Engine]]) -> Any:
+    """A Starlette app; `start(metrics)` loads the model (in the background, from the app's startup) and gives the
+    engine: the embedded Scheduler, or a handle to Ray Serve's model replicas."""
+    routing = require("starlette.routing")
+    handlers = _Routes(settings, start)
+    routes = [routing.Route(path, handlers.rank, methods=["POST"]) for path in ROUTES] + [
+        routing.Route("/health", handlers.health, methods=["GET"]),
+        routing.Route("/ready", handlers.ready, methods=["GET"]),
+        routing.Route("/info", handlers.info, methods=["GET"]),
+        routing.Route("/metrics", handlers.prometheus, methods=["GET"]),
     ]
-    app = starlette_apps.Starlette(routes=routes, lifespan=lifespan)
-    app.state.serve = state
-    app.state.metrics = metrics
+    app = require("starlette.applications").Starlette(routes=routes, lifespan=handlers.lifespan)
+    app.state.metrics = handlers.metrics
     return app
 
 

@@ -56,7 +56,10 @@ def batch_tokens(items: list[Item]) -> int:
 def _deployments() -> tuple[Any, Any]:
     """(ingress, model) deployment classes, defined on first use so that importing this module needs no Ray."""
     serve = require("ray.serve")
+    return _ingress(serve), _model(serve)
 
+
+def _model(serve: Any) -> Any:
     @serve.deployment(name=MODEL, max_ongoing_requests=MAX_ONGOING_REQUESTS)
     class RerankModel:
         def __init__(self, settings: dict[str, Any]) -> None:
@@ -111,6 +114,10 @@ def _deployments() -> tuple[Any, Any]:
                     offset += len(jobs[i].pairs)
             return results
 
+    return RerankModel
+
+
+def _ingress(serve: Any) -> Any:
     @serve.deployment(name=INGRESS, max_ongoing_requests=4 * MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 0})
     @serve.ingress()
     class RerankIngress:
@@ -121,7 +128,7 @@ def _deployments() -> tuple[Any, Any]:
         def __serve_build_asgi_app__(self) -> Any:
             return create_app(self.settings, lambda metrics: _HandleEngine.start(self.model))
 
-    return RerankIngress, RerankModel
+    return RerankIngress
 
 
 class _HandleEngine:

@@ -302,3 +302,18 @@ def test_langchain_cohere_rerank(server, offline):
     assert [d.metadata["n"] for d in kept] == expected_order(want)[:3]
     for d in kept:
         assert d.metadata["relevance_score"] == pytest.approx(want[d.metadata["n"]], abs=1e-6)
+
+
+def test_the_server_never_imports_torch(encoder):
+    """The server is the runtime's: loading, warming up and scoring through the app's model import no torch."""
+    code = (
+        "import sys\n"
+        "from rerank_serve import app, cli, model, scheduler, schemas\n"
+        "from rerank_serve.settings import ServeSettings\n"
+        f"m = model.load(ServeSettings(export_dir={str(encoder)!r}))\n"
+        "m.warm_up()\n"
+        "bad = [name for name in ('torch', 'transformers') if name in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
