@@ -124,12 +124,27 @@ def load(settings: ServeSettings) -> Model:
         settings.export_dir, devices=devices, provider=settings.provider,
         max_batch_tokens=settings.max_batch_tokens, max_length=manifest.max_length,
     )  # fmt: skip
-    info = {"family": manifest.family, "precision": manifest.precision, "provider": settings.provider or "cpu",
-            "devices": settings.devices or "cpu", "exits": [list(e) for e in manifest.exits],
+    placements = getattr(reranker.backend, "placements", ())  # what the runtime resolved (ONNX Runtime backends)
+    info = {"family": manifest.family, "precision": manifest.precision,
+            "provider": placements[0].provider if placements else settings.provider,
+            "devices": [p.device for p in placements] or settings.devices, "exits": [list(e) for e in manifest.exits],
             "compress_ratio": manifest.compress_ratio, "compress_layers": list(manifest.compress_layers),
             "score": "raw logit from the graph; routes apply a float64 sigmoid unless raw scores are asked for",
-            "versions": {**manifest.versions, "python": platform.python_version()}}  # fmt: skip
+            "exported_with": dict(manifest.versions), "versions": _versions()}  # fmt: skip
     return Model(reranker, settings.model_name or manifest.model_name, info)
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for dist in ("bge-rerank-fast", "onnxruntime", "onnxruntime-gpu", "tokenizers", "numpy", "starlette", "uvicorn",
+                 "ray"):  # fmt: skip
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
 
 
 def _takes_cutoff(reranker: Any) -> bool:

@@ -14,6 +14,7 @@ is pending at once and waits for the running calls (the SIGTERM drain).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from .metrics import Metrics
 from .model import GroupKey, Job, Model
 from .schemas import RankRequest, ServeError
 from .settings import ServeSettings
+
+log = logging.getLogger("rerank_serve")
 
 
 @dataclass(eq=False)
@@ -55,9 +58,13 @@ class Scheduler:
         self.wake = asyncio.Event()
         self.closing = False
         self.running: set[asyncio.Task[None]] = set()
+        self.broken: str | None = None
         self.task = asyncio.get_running_loop().create_task(self._dispatch())
+        self.task.add_done_callback(self._dispatcher_done)
 
     async def score(self, job: Job) -> np.ndarray:
+        if self.broken:
+            raise ServeError(500, "backend", self.broken)
         if self.closing:
             raise ServeError(503, "unhealthy", "the server is shutting down; retry on another instance",
                              {"Retry-After": "1"})  # fmt: skip
@@ -159,6 +166,18 @@ class Scheduler:
             self.slots.release()
 
     # --- bookkeeping -----------------------------------------------------------------------------------------------
+
+    def _dispatcher_done(self, task: asyncio.Task[None]) -> None:
+        """A dispatcher that died of a bug fails every pending and later request loudly instead of hanging them."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.error("the batch dispatcher failed", exc_info=exc)
+        self.broken = f"the batch scheduler failed ({type(exc).__name__}: {exc}); restart the server"
+        for queue in self.groups.values():
+            for entry in queue:
+                if not entry.future.done():
+                    entry.future.set_exception(ServeError(500, "backend", self.broken))
 
     def _remove(self, entry: _Entry) -> None:
         queue = self.groups.get(entry.job.key)

@@ -208,3 +208,30 @@ def test_scheduler_close_runs_what_is_pending_then_stops():
     results = asyncio.run(scenario())
     assert backend.batches == [3]
     assert [r.shape for r in results] == [(1,)] * 3
+
+
+def test_a_failed_dispatcher_fails_requests_loudly_instead_of_hanging_them(monkeypatch):
+    import asyncio
+
+    from rerank_serve.metrics import Metrics
+    from rerank_serve.scheduler import Scheduler
+    from rerank_serve.schemas import TEI, RankRequest, ServeError
+
+    model = Model(gated_reranker(GatedBackend()), "fake")
+
+    def broken_take(self, key):
+        raise RuntimeError("a bug in batch assembly")
+
+    monkeypatch.setattr(Scheduler, "_take", broken_take)
+
+    async def scenario() -> tuple[str, str]:
+        scheduler = Scheduler(model, max_batch_tokens=1000, max_wait_ms=0, max_queue=100, metrics=Metrics())
+        job = model.prepare(RankRequest(TEI, "q", ("doc",)))
+        with pytest.raises(ServeError) as pending:
+            await asyncio.wait_for(scheduler.score(job), 30)
+        with pytest.raises(ServeError) as later:
+            await scheduler.score(job)
+        return pending.value.message, later.value.message
+
+    first, second = asyncio.run(scenario())
+    assert "RuntimeError: a bug in batch assembly" in first and first == second
