@@ -168,7 +168,8 @@ def respond(request: RankRequest, scores: np.ndarray, model_name: str, tokens: i
     results = [{"index": int(i), "relevance_score": float(relevance[i]),
                 **({"document": {"text": docs[i]}} if request.return_documents else {})} for i in order]
     if request.route == V1:
-        return {"id": str(uuid.uuid4()), "model": model_name, "results": results, "usage": {"total_tokens": tokens},
+        return {"id": str(uuid.uuid4()), "model": model_name, "results": results,
+                "usage": {"total_tokens": tokens, "prompt_tokens": tokens},
                 "meta": {"api_version": {"version": "1"}, "billed_units": {"search_units": 1}}}
     return {"id": str(uuid.uuid4()), "results": results,
             "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1},

@@ -115,6 +115,7 @@ def test_jina_style_v1_request_has_usage_and_model(server):
                    json={"model": "jina-reranker", "query": QUERY, "documents": DOCS[:2]})  # fmt: skip
     body = r.json()
     assert body["model"] == "tiny-xlm-roberta" and body["usage"]["total_tokens"] > 0
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"]
     assert all(x["document"]["text"] == DOCS[x["index"]] for x in body["results"])  # Jina's default: documents back
 
 
