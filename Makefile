@@ -5,13 +5,13 @@ ORACLE := .venv-oracle
 PY := $(VENV)/bin/python
 PIP_FLAGS := --disable-pip-version-check -q
 
-.PHONY: demo test bench setup oracle clean
+.PHONY: demo test bench bench-serve setup oracle clean
 
-# The product's environment, CPU flavour: the runtime, the exporter and the test tools.
+# The product's environment, CPU flavour: the runtime, the exporter, the server (embedded and Ray) and the test tools.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
-	$(PY) -m pip install $(PIP_FLAGS) -e '.[cpu,export,test]'
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[cpu,export,serve,ray,test]'
 	touch $@
 
 # FlagEmbedding 1.4.2 in its own pinned environment: the oracle that the parity tests compare against.
@@ -39,6 +39,11 @@ $(BENCH_ST)/.installed: benchmarks/st-requirements.txt
 bench: $(VENV)/.installed $(ORACLE)/.installed $(BENCH_ST)/.installed
 	$(PY) -m pip install $(PIP_FLAGS) -e '.[cpu,export,bench]'
 	RERANK_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python $(PY) benchmarks/bench_rerank.py
+
+# rerank-serve under bounded loopback load (embedded server, batching on and off, a peer server where installed).
+bench-serve: $(VENV)/.installed
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[cpu,export,serve,bench]'
+	$(PY) benchmarks/bench_serve.py
 
 clean:
 	rm -rf $(VENV) $(ORACLE) .cache exports demo

@@ -25,6 +25,10 @@ _EXTRAS: dict[str, tuple[str, tuple[str, ...], str]] = {
                  "(pypi.nvidia.com) at install time, so that index must be reachable"),
     "cuda": ("native TensorRT engines (cuda-bindings)", ("trt",), ""),
     "matplotlib": ("benchmark charts", ("bench",), ""),
+    "starlette": ("rerank-serve", ("serve",), ""),
+    "uvicorn": ("rerank-serve", ("serve",), ""),
+    "prometheus_client": ("rerank-serve's /metrics", ("serve",), ""),
+    "ray": ("rerank-serve --ray (Ray Serve)", ("ray",), ""),
 }
 
 

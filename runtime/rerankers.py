@@ -254,6 +254,38 @@ class _Reranker:
             return float(scores[0]) if scores.ndim == 1 else [float(x) for x in scores[:, 0]]
         return scores.tolist()
 
+    def rank(
+        self,
+        query: str,
+        passages: Sequence[str],
+        top_k: int | None = None,
+        return_documents: bool = False,
+        **compute_score_kwargs: Any,
+    ) -> list[dict[str, Any]]:
+        """Passages sorted by score, best first, as sentence-transformers' CrossEncoder.rank does.
+
+        Returns [{"index": position in passages, "score": float, "document": passage (with return_documents)}], at
+        most top_k of them. Ties keep input order. compute_score_kwargs are compute_score's keyword arguments
+        (normalize, max_length, cutoff_layers, ...); they must select one score per passage, so several cutoff layers
+        raise ValueError. With non_finite="nan", NaN scores sort last.
+        """
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, got {type(query).__name__}")
+        if isinstance(passages, str) or not isinstance(passages, Sequence):
+            raise TypeError(f"passages must be a list of str, got {type(passages).__name__}")
+        _check_int("top_k", top_k, 1, optional=True)
+        scores = self.compute_score_array([(query, p) for p in passages], **compute_score_kwargs)
+        if scores.ndim != 1:
+            raise ValueError(
+                f"rank needs one score per passage, but the call selects {scores.shape[0]} cutoff layers; "
+                "pass a single layer, e.g. cutoff_layers=[28]"
+            )
+        order = np.argsort(-scores, kind="stable")[:top_k]  # stable: ties keep input order; NaN sorts last
+        return [
+            {"index": int(i), "score": float(scores[i]), **({"document": passages[i]} if return_documents else {})}
+            for i in order
+        ]
+
 
 class FlagReranker(_Reranker):
     """FlagEmbedding's encoder-only cross-encoder (bge-reranker-base/large/v2-m3)."""
