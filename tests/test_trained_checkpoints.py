@@ -16,11 +16,10 @@ from conftest import FAMILIES
 from rerank_export.probe import PROBE_PAIRS
 from rerank_export.reference import load_reference
 from rerank_export.testing import factory
+from rerank_export.testing.measure import MIN_AUC, MIN_STD
 from rerank_export.testing.pairs import QUERY_WORDS, relevance_pairs
 from rerank_export.testing.recipes import RECIPES
 from rerank_export.testing.training import _Feeder, auc, evaluate, evaluation_calls
-
-MIN_STD, MIN_AUC = 1.0, 0.9
 
 
 @pytest.mark.parametrize("family", FAMILIES)
