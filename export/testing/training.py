@@ -1,7 +1,7 @@
 """A short, deterministic training run that turns a generated checkpoint into a trained reranker.
 
-The task is relevance_pairs' synthetic one: a query names two or three corpus words and the passage holds all, some
-or none of them; the target is the share it holds (binary cross-entropy on the raw score). Training runs the family's
+The task is relevance_pairs' synthetic one: a query names two or three of the corpus' names and places and the
+passage holds all, some or none of them; the target is the share it holds (binary cross-entropy on the raw score). Training runs the family's
 own score graph (build_wrapper) on exactly the feeds compute_score builds: the pairs go through a reranker whose
 backend only records what the host code hands it (instructions, prompt, separators, BOS, padding side, the pad
 multiple and, for the lightweight kind, the compression plan). Every exit of a request is in the loss, and for the
@@ -115,6 +115,9 @@ class _Feeder:
         import torch
 
         rows = np.atleast_2d(self.reranker.compute_score_array(pairs, batch_size=len(pairs), **call))[0]
+        if len(self.recorder.feeds["input_ids"]) != len(pairs):  # one batch holds them all, so one feed is the step
+            raise RuntimeError(f"expected one batch of {len(pairs)} rows, the last feed had "
+                               f"{len(self.recorder.feeds['input_ids'])}")
         target = torch.empty(len(pairs))
         target[torch.from_numpy(rows.astype(np.int64))] = torch.tensor(grades)
         request = self.recorder.request
