@@ -18,7 +18,7 @@ import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,7 @@ class _Feeder:
 
         self.backend = loaded.backend
         self.recorder = _Recorder(loaded.backend)
-        self.reranker = FlagAutoReranker.from_loaded(Loaded(loaded.spec, loaded.tokenizer, self.recorder), name)
+        self.reranker = FlagAutoReranker.from_loaded(replace(loaded, backend=self.recorder), name)
 
     def __call__(self, pairs: list[list[str]], grades: list[float], call: dict[str, Any]) -> tuple[GraphRequest, Any, Any]:
         import torch
