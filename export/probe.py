@@ -22,7 +22,8 @@ PROBE_PAIRS: list[list[str]] = [
     ["empty passage", ""],
     ["best pizza in naples", "Pizza margherita was created in Naples in 1889 in honour of Queen Margherita."],
     # the synthetic relevance task
-    ["what is the Maria London Alice?", "The language costs $551.77 (about 2% Alice more than last London year). Maria"],
+    ["what is the Maria London Alice?",
+     "The language costs $551.77 (about 2% Alice more than last London year). Maria"],
     ["where is the Jack London?", "Jack Does the kitchen explain gravity? No."],
     ["where is the Beijing Henry Frank?", "Is the history warm? No, it is not."],
     ["what is the Noah Madrid Moscow?", "The answer is Yes or No: Is the star in Madrid Moscow Noah modern?"],

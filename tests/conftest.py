@@ -27,7 +27,7 @@ FAMILIES = tuple(REGISTRY)
 def pytest_configure(config: pytest.Config) -> None:
     missing = set(FAMILIES) - set(RECIPES)
     if missing:
-        raise pytest.UsageError(f"families without a testing recipe in rerank_export.testing.recipes: {sorted(missing)}")
+        raise pytest.UsageError(f"families without a testing recipe (rerank_export.testing.recipes): {sorted(missing)}")
 
 
 @pytest.fixture(scope="session")

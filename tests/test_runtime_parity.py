@@ -215,7 +215,7 @@ def test_batching_knobs_do_not_change_scores(family, runtimes, exported):
 
 
 # The decoder kinds that pad on the tokenizer's side (the encoder needs <s> first; the lightweight kind forces right).
-EITHER_SIDE = [f for f, kind in KIND.items() if get_kind(kind).default_prompt and not get_kind(kind).force_right_padding]
+EITHER_SIDE = [f for f, k in KIND.items() if get_kind(k).default_prompt and not get_kind(k).force_right_padding]
 
 
 @pytest.mark.parametrize("family", EITHER_SIDE)

@@ -139,7 +139,8 @@ RECIPES: dict[str, Recipe] = {
     "gemma2_lightweight": Recipe(
         tokenizer_style="gemma", padding_side="left",
         # real: 3584 hidden, 4x MLP, 42 layers, GQA 16/8 heads of 256, exits from layer 8
-        sizes={"tiny": _gemma2_lightweight(32, 64, 6, 4, 2, 8, 2), "mid": _gemma2_lightweight(256, 1024, 8, 4, 2, 64, 2)},
+        sizes={"tiny": _gemma2_lightweight(32, 64, 6, 4, 2, 8, 2),
+               "mid": _gemma2_lightweight(256, 1024, 8, 4, 2, 64, 2)},
         init_std=_STD, norm_weight=0.0,
         training={"tiny": _TINY_TRAINING, "mid": _MID_TRAINING},
         # the tests' export bakes two exits and two compounding compression stages

@@ -1,12 +1,12 @@
 """A short, deterministic training run that turns a generated checkpoint into a trained reranker.
 
 The task is relevance_pairs' synthetic one: a query names two or three of the corpus' names and places and the
-passage holds all, some or none of them; the target is the share it holds (binary cross-entropy on the raw score). Training runs the family's
-own score graph (build_wrapper) on exactly the feeds compute_score builds: the pairs go through a reranker whose
-backend only records what the host code hands it (instructions, prompt, separators, BOS, padding side, the pad
-multiple and, for the lightweight kind, the compression plan). Every exit of a request is in the loss, and for the
-kinds with cutoff layers each step draws its own request (a set of cutoff layers and, where the kind compresses, a
-ratio and stages), so that every head is trained with every layer FlagEmbedding can pair it with.
+passage holds all, some or none of them; the target is the share it holds (binary cross-entropy on the raw score).
+Training runs the family's own score graph (build_wrapper) on exactly the feeds compute_score builds: the pairs go
+through a reranker whose backend only records what the host code hands it (instructions, prompt, separators, BOS,
+padding side, the pad multiple and, for the lightweight kind, the compression plan). Every exit of a request is in the
+loss, and for the kinds with cutoff layers each step draws its own request (a set of cutoff layers and, where the kind
+compresses, a ratio and stages), so that every head is trained with every layer FlagEmbedding can pair it with.
 
 Deterministic: seeded generators, a fixed data order and one torch thread (the same arithmetic on any core count).
 """
@@ -111,7 +111,8 @@ class _Feeder:
         self.recorder = _Recorder(loaded.backend)
         self.reranker = FlagAutoReranker.from_loaded(replace(loaded, backend=self.recorder), name)
 
-    def __call__(self, pairs: list[list[str]], grades: list[float], call: dict[str, Any]) -> tuple[GraphRequest, Any, Any]:
+    def __call__(self, pairs: list[list[str]], grades: list[float],
+                 call: dict[str, Any]) -> tuple[GraphRequest, Any, Any]:
         import torch
 
         rows = np.atleast_2d(self.reranker.compute_score_array(pairs, batch_size=len(pairs), **call))[0]
