@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rerank_runtime.cores import physical_cores
 
 REPO = Path(__file__).resolve().parent.parent
 DISTS = ("bge-rerank-fast", "numpy", "onnxruntime", "onnxruntime-gpu", "onnx", "tokenizers", "torch", "transformers",
@@ -28,22 +29,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def physical_cores() -> int:
-    """Distinct (physical id, core id) pairs in /proc/cpuinfo; os.cpu_count() where that is not readable."""
-    try:
-        cores, phys = set(), "0"
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("physical id"):
-                phys = line.split(":", 1)[1].strip()
-            elif line.startswith("core id"):
-                cores.add((phys, line.split(":", 1)[1].strip()))
-        if cores:
-            return len(cores)
-    except OSError:
-        pass
-    return os.cpu_count() or 1
 
 
 def git_commit() -> dict[str, Any]:

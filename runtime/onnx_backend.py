@@ -18,6 +18,7 @@ import numpy as np
 
 from ._deps import require
 from .compression import pass_through_stages, served_stages
+from .cores import default_threads
 from .errors import ArtifactError, ManifestMismatchError, ProviderUnavailableError, UnsupportedRequestError
 from .manifest import Manifest
 from .placement import NodePlacement, check_placement, profiled_placement
@@ -108,7 +109,7 @@ class OnnxBackend:
     def _default_options(self, ort: Any, placement: Placement) -> Any:
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = max(1, (os.cpu_count() or 1) // len(self.placements))
+        so.intra_op_num_threads = default_threads(len(self.placements))  # physical cores, not SMT siblings
         so.inter_op_num_threads = 1
         if placement.provider == "cpu":
             # ONNX Runtime 1.32's CPU SkipLayerNormalization kernel is 5-10x slower than the Add, Add and
