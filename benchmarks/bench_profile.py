@@ -17,24 +17,24 @@ import numpy as np
 
 
 class _Capture:
-    """A Backend wrapper that keeps the first batch's feeds."""
+    """A Backend wrapper that keeps the feeds of every batch it runs, in order."""
 
     def __init__(self, backend: Any) -> None:
         self.backend = backend
-        self.feeds: dict[str, np.ndarray] | None = None
+        self.batches: list[dict[str, np.ndarray]] = []
 
     def check(self, request: Any) -> None:
         self.backend.check(request)
 
     def run(self, request: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        if self.feeds is None:
-            self.feeds = {k: v.copy() for k, v in feeds.items()}
+        self.batches.append({k: v.copy() for k, v in feeds.items()})
         out: list[np.ndarray] = self.backend.run(request, feeds)
         return out
 
 
-def captured_batch(reranker: Any, pairs: list[list[str]], call: dict[str, Any]) -> tuple[Any, dict[str, np.ndarray]]:
-    """(the call's GraphRequest, the feeds of the first batch the runtime builds for `pairs`)."""
+def captured_batches(reranker: Any, pairs: list[list[str]], call: dict[str, Any]
+                     ) -> tuple[Any, list[dict[str, np.ndarray]]]:
+    """(the call's GraphRequest, the feeds of every batch the runtime builds for `pairs`, the longest first)."""
     scorer = reranker._scorer
     capture = _Capture(scorer.backend)
     scorer.backend = capture
@@ -42,31 +42,47 @@ def captured_batch(reranker: Any, pairs: list[list[str]], call: dict[str, Any]) 
         reranker.compute_score_array(pairs, **call)
     finally:
         scorer.backend = capture.backend
-    if capture.feeds is None:
+    if not capture.batches:
         raise RuntimeError("the runtime ran no batch for the profile pairs")
-    return reranker._plan(call)[0].request, capture.feeds
+    return reranker._plan(call)[0].request, capture.batches
 
 
 def op_profile(reranker: Any, pairs: list[list[str]], call: dict[str, Any], threads: int,
                runs: int = 3) -> dict[str, Any]:
     """Per op type: milliseconds per run and share of the kernel time, for one batch of `pairs`."""
+    return op_profiles([reranker], pairs, call, threads, runs)[0]
+
+
+def op_profiles(rerankers: list[Any], pairs: list[list[str]], call: dict[str, Any], threads: int, runs: int = 3,
+                configs: list[list[str]] | None = None) -> list[dict[str, Any]]:
+    """op_profile of several rerankers on the same batch (built by the first one's host code), their runs
+    alternated so that other load hits each alike. configs: extra session config entries ("key=value") per reranker.
+    """
     import onnxruntime as ort
 
-    request, feeds = captured_batch(reranker, pairs, call)
-    backend = reranker.backend
-    model = Path(backend.export_dir) / backend.manifest.graph.file
-    inputs = backend._inputs(feeds)
+    request, batches = captured_batches(rerankers[0], pairs, call)
+    names = list(request.output_names)
     with tempfile.TemporaryDirectory() as tmp:
-        options = backend._default_options(ort, backend.placements[0])
-        options.intra_op_num_threads = threads
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-        names = list(request.output_names)
-        session.run(names, inputs)  # warm-up, also profiled: dropped below by keeping the last `runs`
-        for _ in range(runs):
-            session.run(names, inputs)
-        events = json.loads(Path(session.end_profiling()).read_text())
+        sessions, inputs = [], []
+        for i, reranker in enumerate(rerankers):
+            backend = reranker.backend
+            options = backend._default_options(ort, backend.placements[0])
+            options.intra_op_num_threads = threads
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(tmp) / f"ort{i}")
+            for entry in (configs or [[]] * len(rerankers))[i]:
+                options.add_session_config_entry(*entry.split("=", 1))
+            model = Path(backend.export_dir) / backend.manifest.graph.file
+            sessions.append(ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"]))
+            inputs.append(backend._inputs(batches[0], len(request.compress_layers)))  # the call's compression plan
+        for _ in range(runs + 1):  # the first run is a warm-up, also profiled: dropped by keeping the last `runs`
+            for session, feeds in zip(sessions, inputs):
+                session.run(names, feeds)
+        events = [json.loads(Path(session.end_profiling()).read_text()) for session in sessions]
+    return [_summary(e, runs, list(feeds["input_ids"].shape)) for e, feeds in zip(events, inputs)]
+
+
+def _summary(events: list[dict[str, Any]], runs: int, batch: list[int]) -> dict[str, Any]:
     kernels = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
     per_run = len(kernels) // (runs + 1)
     times: Counter[str] = Counter()
@@ -74,7 +90,7 @@ def op_profile(reranker: Any, pairs: list[list[str]], call: dict[str, Any], thre
         times[event["args"]["op_name"]] += event["dur"]
     total = sum(times.values()) or 1
     return {
-        "batch": list(inputs["input_ids"].shape), "runs": runs,
+        "batch": batch, "runs": runs,
         "ms_per_run": total / runs / 1e3,
         "ops": {op: {"ms": d / runs / 1e3, "share": d / total} for op, d in times.most_common()},
         "matmul_share": sum(d for op, d in times.items() if "MatMul" in op or "Gemm" in op) / total,

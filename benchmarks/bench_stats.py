@@ -110,6 +110,17 @@ def parity_gate(got: Sequence[float] | np.ndarray, expected: Sequence[float] | n
     return GateResult(not problems, worst, rho, int(e.size), message)
 
 
+def top_k(got: Sequence[float] | np.ndarray, expected: Sequence[float] | np.ndarray, k: int = 10
+          ) -> dict[str, bool]:
+    """Whether `got` puts the reference's k best pairs at its top: as a set, and in the same order (ties keep input
+    order on both sides). A non-finite score never passes."""
+    g, e = np.asarray(got, dtype=np.float64).ravel(), np.asarray(expected, dtype=np.float64).ravel()
+    k = min(k, e.size)
+    top_e, top_g = np.argsort(-e, kind="stable")[:k], np.argsort(-g, kind="stable")[:k]
+    same_set = g.shape == e.shape and set(top_e.tolist()) == set(top_g.tolist()) and bool(np.isfinite(g).all())
+    return {"same_set": same_set, "same_order": same_set and top_e.tolist() == top_g.tolist()}
+
+
 def median(values: Sequence[float]) -> float:
     if not values:
         raise ValueError("median of no values")

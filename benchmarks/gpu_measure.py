@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from bench_stats import Gate, parity_gate, percentile
+from bench_stats import Gate, parity_gate, percentile, top_k
 
 TOP_K = 10
 
@@ -33,10 +33,9 @@ def compare(got: np.ndarray, ref: np.ndarray, tolerance: Any) -> dict[str, Any]:
     for i, (g, r) in enumerate(zip(got, ref)):
         result = parity_gate(g, r, gate)
         k = min(TOP_K, r.size)
-        top_ref, top_got = np.argsort(-r, kind="stable")[:k], np.argsort(-g, kind="stable")[:k]
-        same_set = set(top_ref.tolist()) == set(top_got.tolist()) and bool(np.isfinite(g).all())
-        rows.append({**result.to_dict(), "top10_same_set": same_set,
-                     "top10_same_order": same_set and top_ref.tolist() == top_got.tolist(),
+        top = top_k(g, r, k)
+        same_set = top["same_set"]
+        rows.append({**result.to_dict(), "top10_same_set": same_set, "top10_same_order": top["same_order"],
                      "score_std": float(np.std(r))})
         if not result.passed:
             problems.append(f"exit {i}: {result.message}")

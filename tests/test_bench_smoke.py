@@ -170,19 +170,28 @@ def test_a_contender_whose_scores_differ_is_recorded_and_never_timed():
     reference = InProcess("reference", "fp32", _Scores(ref_scores), {})
     good = InProcess("ort-fp32", "fp32", _Scores(ref_scores + 1e-7), {})
     wrong = InProcess("wrong", "fp32", _Scores(ref_scores + 0.01), {})
-    for c in (reference, good, wrong):
+    swapped = ref_scores.copy()
+    swapped[[9, 10]] = swapped[[10, 9]]  # ranks 10 and 11 trade places: Spearman 0.9985, another top 10
+    int8_ok = InProcess("ort-int8", "int8", _Scores(ref_scores * 2 + 1), {})
+    int8_top = InProcess("int8-top", "int8", _Scores(swapped), {})
+    contenders = {"ort-fp32": good, "wrong": wrong, "ort-int8": int8_ok, "int8-top": int8_top}
+    for c in (reference, *contenders.values()):
         c.add_pairs("gate", pairs)
+        c.add_pairs("latency", pairs)
     records = []
     plan = Plan(rounds=1, latency_calls=1, sweep_batches=(1,), sweep_lengths=(8,), sweep_repeats=1, gate_size=20)
-    run = KindRun("k", {"ort-fp32": good, "wrong": wrong}, reference, {}, plan, arch=None, stats={}, probe={},
-                  provider="cpu", emit=records.append)
+    run = KindRun("k", contenders, reference, {}, plan, arch=None, stats={}, probe={}, provider="cpu",
+                  emit=records.append)
     run.gate()
     by_name = {r["contender"]: r for r in records}
-    assert by_name["ort-fp32"]["status"] == "ok"
+    assert by_name["ort-fp32"]["status"] == "ok" and by_name["ort-fp32"]["top10"]["same_order"]
     assert by_name["wrong"]["status"] == "parity-failed"
     assert by_name["wrong"]["gate"]["max_abs_diff"] == pytest.approx(0.01)
-    assert list(run.contenders) == ["ort-fp32"]  # the failed one is closed and out of every timed workload
-    assert wrong.reranker is None
+    assert by_name["ort-int8"]["status"] == "ok"  # ranking only: far off in value, same order
+    assert by_name["int8-top"]["status"] == "parity-failed" and "top 10" in by_name["int8-top"]["message"]
+    assert by_name["int8-top"]["gate"]["spearman"] > 0.99
+    assert list(run.contenders) == ["ort-fp32", "ort-int8"]  # the failed ones are closed and never timed
+    assert wrong.reranker is None and int8_top.reranker is None
 
 
 # --- --device cuda on a machine without a GPU ----------------------------------------------------------------------
