@@ -39,9 +39,12 @@ KINDS: dict[str, KindSetup] = {
         call={"cutoff_layers": [5], "compress_ratio": 2, "compress_layers": [4]},
     ),
 }
-CPU_CONTENDERS = ("flagembedding", "reference", "ort-fp32", "ort-int8", "st-onnx")
+CPU_CONTENDERS = ("flagembedding", "reference", "ort-fp32", "ort-int8", "st-onnx", "st-onnx-o2", "st-onnx-o3")
 GPU_CONTENDERS = ("flagembedding-fp16", "ort-cuda-fp32", "ort-cuda-fp16", "ort-tensorrt-fp16", "trt-engine-fp16")
-ENCODER_ONLY = ("st-onnx",)  # sentence-transformers' CrossEncoder serves sequence-classification models only
+# sentence-transformers' CrossEncoder serves sequence-classification models only: its plain ONNX export and its
+# Optimum-optimised ones (O2: ONNX Runtime's transformer fusions; O3: O2 with GELU approximated)
+ST_LEVELS = {"st-onnx": None, "st-onnx-o2": "O2", "st-onnx-o3": "O3"}
+ENCODER_ONLY = tuple(ST_LEVELS)
 
 
 def model_class_of(checkpoint: Path) -> str:
@@ -208,12 +211,12 @@ def reference(ctx: Context) -> InProcess:
 
 
 def _worker(ctx: Context, name: str, backend: str, python: str | None, hint: str, device: str = "cpu",
-            fp16: bool = False) -> Contender:
+            fp16: bool = False, optimization: str | None = None) -> Contender:
     if python is None:
         raise ContenderError(f"no interpreter for {name}: {hint}")
     checkpoint = ctx.checkpoint if backend == "flagembedding" else st_checkpoint(ctx.checkpoint, ctx.cache)
     load = {"backend": backend, "checkpoint": str(checkpoint), "model_class": ctx.model_class, "init": {},
-            "device": device, "fp16": fp16, "threads": ctx.threads}
+            "device": device, "fp16": fp16, "threads": ctx.threads, "optimization": optimization}
     return WorkerContender(name, "fp16" if fp16 else "fp32", python, load, ctx.logs / f"{ctx.kind}-{name}.log",
                            call_filter=() if backend == "st-onnx" else None)
 
@@ -240,7 +243,8 @@ BUILDERS: dict[str, Callable[[Context], Contender]] = {
     "reference": reference,
     "ort-fp32": lambda c: _runtime(c, "fp32", "ort-fp32"),
     "ort-int8": lambda c: _runtime(c, "int8", "ort-int8"),
-    "st-onnx": lambda c: _worker(c, "st-onnx", "st-onnx", c.st_python, ST_HINT),
+    **{name: (lambda c, name=name, level=level: _worker(c, name, "st-onnx", c.st_python, ST_HINT,
+                                                         optimization=level)) for name, level in ST_LEVELS.items()},
     "flagembedding-fp16": lambda c: _worker(c, "flagembedding-fp16", "flagembedding", c.oracle_python, ORACLE_HINT,
                                             device="cuda:0", fp16=True),
     "ort-cuda-fp32": lambda c: _runtime(c, "fp32", "ort-cuda-fp32", provider="cuda"),

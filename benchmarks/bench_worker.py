@@ -8,7 +8,8 @@ cover compute_score / predict alone (FlagEmbedding's per-call probe forward incl
 
 Requests:
   {"op": "load", "backend": "flagembedding" | "st-onnx", "checkpoint": dir, "model_class": str, "init": {...},
-   "device": "cpu" | "cuda:N", "fp16": bool, "threads": int}   -> {"seconds": load time, "versions": {...}}
+   "device": "cpu" | "cuda:N", "fp16": bool, "threads": int,
+   "optimization": null | "O1" | "O2" | "O3"}                 -> {"seconds": load time, "versions": {...}}
   {"op": "pairs", "name": str, "pairs": [[q, p], ...]}         -> {"count": n}    (sent once, reused by name)
   {"op": "score", "name": str, "call": {...}}                  -> {"seconds": one call's time, "scores": [...]}
   {"op": "quit"}
@@ -71,12 +72,33 @@ class Worker:
         return score
 
     def _st_onnx(self, req: dict[str, Any], device: str) -> Callable[..., list[float]]:
+        """sentence-transformers' ONNX CrossEncoder; with "optimization" (O1/O2/O3) its Optimum-optimised export of
+        the same model (export_optimized_onnx_model, made once into the checkpoint copy's onnx/ folder)."""
+        import onnxruntime as ort
         import torch
         from sentence_transformers import CrossEncoder
 
+        path, level = req["checkpoint"], req.get("optimization")
         provider = "CPUExecutionProvider" if device == "cpu" else "CUDAExecutionProvider"
-        model = CrossEncoder(req["checkpoint"], backend="onnx", device=device, max_length=512,
-                             activation_fn=torch.nn.Identity(), model_kwargs={"provider": provider})
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(req.get("threads") or 0)  # the same thread count as every contender
+
+        def load(file_name: str | None) -> Any:
+            kwargs = {"provider": provider, "session_options": options, **({"file_name": file_name} if file_name
+                                                                           else {})}
+            return CrossEncoder(path, backend="onnx", device=device, max_length=512,
+                                activation_fn=torch.nn.Identity(), model_kwargs=kwargs)
+
+        model = load("onnx/model.onnx" if os.path.isfile(os.path.join(path, "onnx", "model.onnx")) else None)
+        if not os.path.isfile(os.path.join(path, "onnx", "model.onnx")):
+            model.save_pretrained(path)  # a private copy of the checkpoint (bench_contenders.st_checkpoint)
+        if level:
+            from sentence_transformers.backend import export_optimized_onnx_model
+
+            optimised = f"onnx/model_{level}.onnx"
+            if not os.path.isfile(os.path.join(path, optimised)):
+                export_optimized_onnx_model(model, level, path)
+            model = load(optimised)
         got = model.model.providers if hasattr(model.model, "providers") else [provider]
         if got[0] != provider:
             raise RuntimeError(f"sentence-transformers' ONNX model runs on {got}, not {provider}")

@@ -256,3 +256,26 @@ def test_report_gives_ratios_to_flagembedding_and_lists_failures(tmp_path):
     assert "| 10.0 | 2.00x |" in row and "| 4.00x |" in row and "| 7% |" in row and "| 1.20 |" in row
     assert "gemma / ort-int8: parity-failed: Spearman 0.9 is below 0.99" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_judges_the_targets(tmp_path):
+    import bench_report
+
+    records = _synthetic_run()
+    probe = next(r for r in records if r["type"] == "gemm-probe")
+    records += [
+        {"run": "r", "type": "kind", "kind": "xlm-roberta"},
+        {"run": "r", "type": "contender", "kind": "xlm-roberta", "contender": "ort-int8", "status": "ok",
+         "gate": {"max_abs_diff": 0.1, "spearman": 0.995}, "top10": {"same_set": False}},
+    ]
+    for name, pps, gflops in (("flagembedding", 4.0, 10.0), ("st-onnx", 9.0, 50.0), ("st-onnx-o2", 10.0, 55.0),
+                              ("ort-fp32", 12.0, 70.0), ("ort-int8", 15.0, 80.0)):
+        records.append({"run": "r", "type": "throughput", "kind": "xlm-roberta", "contender": name,
+                        "pairs_per_s": pps, "useful_gflops": gflops, "parity_full_set": None})
+    assert probe["fp32_gflops"] == 100.0
+    text = "\n".join(bench_report.targets(records))
+    assert "**missed**: 2.00x (gemma), 3.00x (xlm-roberta)" in text  # fp32 vs FlagEmbedding, bar 2.5x
+    assert "met: 1.20x (xlm-roberta, best: st-onnx-o2)" in text  # the best ST export is the yardstick
+    assert "**missed**: 7% (gemma), 70% (xlm-roberta)" in text  # useful GFLOP/s over the ORT MatMul probe
+    assert "met: 3.75x (xlm-roberta)" in text and "met: 0.9950 (xlm-roberta); top 10: xlm-roberta **differs**" in text
+    assert "**missed** for xlm-roberta/flagembedding" in text  # throughput timed but no latency p50
