@@ -60,8 +60,9 @@ def _export_key(checkpoint: Path, precision: str, options: dict[str, Any]) -> st
     weights = checkpoint / "model.safetensors"
     stamp = [str(checkpoint.resolve()), weights.stat().st_size, weights.stat().st_mtime_ns, precision,
              sorted(options.items())]
-    for module in ("exporter", "quantize", "onnx_export", "verify"):  # the export code's own version
-        source = REPO / "export" / f"{module}.py"
+    sources = [REPO / "export" / f"{m}.py" for m in ("exporter", "quantize", "onnx_export", "verify", "precision")]
+    sources += sorted((REPO / "export" / "models").glob("*.py")) + sorted((REPO / "export" / "families").glob("*.py"))
+    for source in sources:  # the export code's own version: the graph it traces and how
         stamp.append(hashlib.sha256(source.read_bytes()).hexdigest() if source.is_file() else "")
     return hashlib.sha256(json.dumps(stamp, default=str).encode()).hexdigest()[:12]
 

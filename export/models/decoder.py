@@ -63,9 +63,14 @@ def _linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return module(x.to(module.weight.dtype))
 
 
-def rotary(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    steps = torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device)  # on the positions' device
-    inv_freq = 1.0 / (theta ** (steps.float() / head_dim))
+def inverse_frequencies(head_dim: int, theta: float) -> torch.Tensor:
+    """The rotary inverse frequencies, computed eagerly by torch as the HF models do (and then stored, not traced):
+    the exporter's constant folding computes theta ** x with numpy, one ulp off in some entries, and at position
+    500 one ulp of a frequency turns the angle by 3e-5 rad, which moved a trained mid model's score by 2e-5."""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+
+
+def rotary(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     freqs = positions.float()[..., None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, S, D]
     return emb.cos(), emb.sin()
@@ -151,6 +156,7 @@ class DecoderModel(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_plus_one)
+        self.register_buffer("inv_freq", inverse_frequencies(cfg.head_dim, cfg.rope_theta), persistent=False)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         emb = self.embed_tokens(input_ids)
@@ -161,14 +167,14 @@ class DecoderModel(nn.Module):
         return emb.float() * scale
 
 
-def attention_inputs(mask: torch.Tensor, cfg: DecoderConfig):
+def attention_inputs(mask: torch.Tensor, cfg: DecoderConfig, inv_freq: torch.Tensor):
     """Rotary tables and additive attention biases (full and sliding-window) for a [B, S] mask of 0/1.
 
     Positions count real tokens (cumsum of the mask), so left and right padding give the same positions to real
     tokens; with right padding this is FlagEmbedding's arange(S).
     """
     positions = (torch.cumsum(mask, dim=1) - 1).clamp(min=0)
-    cos, sin = rotary(positions, cfg.head_dim, cfg.rope_theta)
+    cos, sin = rotary(positions, inv_freq)
     s = mask.shape[1]
     idx = torch.arange(s, device=mask.device)
     causal = idx[None, :] <= idx[:, None]  # [S(query), S(key)]
@@ -200,7 +206,7 @@ def compress(h: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> tupl
 
 def run_layers(model: DecoderModel, h, mask, start: int, stop: int):
     """Run layers [start, stop) on h; returns h."""
-    cos, sin, bias, window = attention_inputs(mask, model.cfg)
+    cos, sin, bias, window = attention_inputs(mask, model.cfg, model.inv_freq)
     for layer in model.layers[start:stop]:
         h = layer(h, cos, sin, window if layer.sliding else bias)
     return h

@@ -1,0 +1,39 @@
+"""What the exported graphs are made of: numerics that must match torch bit for bit, and the fused ops ONNX Runtime
+finds in them (each kept because it measured faster, benchmarks/README.md)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from rerank_export.models.decoder import inverse_frequencies, rotary
+from rerank_export.onnx_export import OPSET
+
+
+class _RotaryTables(torch.nn.Module):
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        self.register_buffer("inv_freq", inverse_frequencies(head_dim, theta), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return rotary(positions, self.inv_freq)
+
+
+def test_rotary_tables_match_torch_at_long_positions(tmp_path: Path) -> None:
+    # At position 600 one ulp of an inverse frequency turns the angle by 4e-5 rad: frequencies folded by the
+    # exporter (numpy's pow) instead of torch's moved a trained model's score by 2e-5, twice the fp32 tolerance.
+    module = _RotaryTables(64, 10000.0).eval()
+    positions = torch.arange(600)[None, :]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, (positions,), dynamo=True, opset_version=OPSET, optimize=True,
+                                    dynamic_shapes=({1: torch.export.Dim("sequence", min=1)},), verbose=False)
+    program.save(str(tmp_path / "rotary.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "rotary.onnx"), providers=["CPUExecutionProvider"])
+    cos, sin = session.run(None, {session.get_inputs()[0].name: positions.numpy()})
+    want_cos, want_sin = (t.numpy() for t in module(positions))
+    assert np.abs(cos - want_cos).max() <= 1e-6 and np.abs(sin - want_sin).max() <= 1e-6
