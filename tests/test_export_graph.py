@@ -3,15 +3,21 @@ finds in them (each kept because it measured faster, benchmarks/README.md)."""
 
 from __future__ import annotations
 
+import json
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+import pytest
 import torch
 
+from conftest import FAMILIES
 from rerank_export.models.decoder import inverse_frequencies, rotary
 from rerank_export.onnx_export import OPSET
+from rerank_runtime.manifest import Manifest
 
 
 class _RotaryTables(torch.nn.Module):
@@ -37,3 +43,26 @@ def test_rotary_tables_match_torch_at_long_positions(tmp_path: Path) -> None:
     cos, sin = session.run(None, {session.get_inputs()[0].name: positions.numpy()})
     want_cos, want_sin = (t.numpy() for t in module(positions))
     assert np.abs(cos - want_cos).max() <= 1e-6 and np.abs(sin - want_sin).max() <= 1e-6
+
+
+def _ops(path: Path) -> Counter:
+    return Counter(node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def _ort_ops(path: Path, tmp: Path) -> Counter:
+    """Op types of the graph after ONNX Runtime's CPU optimisations (the extended level, where its fusions live)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp / "optimised.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return _ops(tmp / "optimised.onnx")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gelu_is_one_node(family: str, exported, checkpoint) -> None:
+    manifest = Manifest.read(exported(family))
+    ops = _ops(exported(family) / manifest.graph.file)
+    assert manifest.graph.opset == OPSET >= 20
+    config = json.loads((checkpoint(family) / "config.json").read_text())
+    gelu = "gelu" in (config.get("hidden_activation") or config["hidden_act"])  # MiniCPM's MLP is SiLU
+    assert (ops["Gelu"] > 0) == gelu and ops["Erf"] == 0
