@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from conftest import FAMILIES
+from rerank_export.families import REGISTRY
 from rerank_export.models.decoder import inverse_frequencies, rotary
 from rerank_export.onnx_export import OPSET
 from rerank_runtime.manifest import Manifest
+from rerank_runtime.spec import ENCODER
 
 
 class _RotaryTables(torch.nn.Module):
@@ -66,3 +68,10 @@ def test_gelu_is_one_node(family: str, exported, checkpoint) -> None:
     config = json.loads((checkpoint(family) / "config.json").read_text())
     gelu = "gelu" in (config.get("hidden_activation") or config["hidden_act"])  # MiniCPM's MLP is SiLU
     assert (ops["Gelu"] > 0) == gelu and ops["Erf"] == 0
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if REGISTRY[f].model_class != ENCODER])  # the decoders
+def test_rms_norms_fuse_on_the_cpu(family: str, exported, tmp_path: Path) -> None:
+    manifest = Manifest.read(exported(family))
+    ops = _ort_ops(exported(family) / manifest.graph.file, tmp_path)
+    assert ops["SimplifiedLayerNormalization"] > 0 and ops["Pow"] == ops["Sqrt"] == ops["Reciprocal"] == 0

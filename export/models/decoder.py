@@ -54,7 +54,10 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        # x / sqrt(...) rather than HF's x * rsqrt(...) (equal within an ulp): exported as Pow, ReduceMean, Add, Sqrt,
+        # Div, Mul, the pattern ONNX Runtime fuses into one SimplifiedLayerNormalization kernel on the CPU (rsqrt
+        # exports as Reciprocal(Sqrt), which it does not match). Standard ops, so TensorRT parses it as before.
+        x = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         w = self.weight.float()
         return x * (1.0 + w) if self.plus_one else x * w
 
