@@ -30,33 +30,57 @@ def padded_length(length: int, multiple: int | None) -> int:
     return -(-length // multiple) * multiple
 
 
+# What one more batch costs, in padded tokens: ONNX Runtime runs a batch of n tokens less efficiently than part of a
+# larger one (fixed per-run work, smaller matmuls), so cutting a batch to save less padding than this loses time.
+# Measured on the mid models, 2 threads (benchmarks/README.md, "No padding").
+BATCH_OVERHEAD_TOKENS = 512
+
+
 def plan_batches(
     order: np.ndarray,
     lengths: np.ndarray,
     batch_size: int,
     max_batch_tokens: int | None = None,
     multiple: int | None = None,
+    overhead: int | None = None,
 ) -> list[np.ndarray]:
-    """Cut `order` into consecutive batches of at most batch_size rows.
+    """Cut `order` (sorted by descending length key) into consecutive batches of at most batch_size rows.
 
-    With max_batch_tokens, a batch also stops growing when rows x padded length would exceed the budget (a single
-    row longer than the budget still forms a batch of its own: it cannot be split). None is FlagEmbedding's behaviour.
+    None: FlagEmbedding's behaviour (slices of batch_size). With max_batch_tokens, the cut points are chosen to
+    minimise the tokens fed (rows x padded length, summed over the batches) plus `overhead` per batch (default
+    BATCH_OVERHEAD_TOKENS), with every batch
+    within batch_size rows and max_batch_tokens padded tokens (a single row longer than the budget still forms a batch
+    of its own: it cannot be split): padding is cut wherever lengths spread, without shrinking batches where they
+    do not.
     """
     if max_batch_tokens is None:
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    batches: list[np.ndarray] = []
-    start, longest = 0, 0
-    for pos in range(len(order)):
-        length = int(lengths[order[pos]])
-        grown = max(longest, length)
-        rows = pos - start
-        if rows and (rows >= batch_size or (rows + 1) * padded_length(grown, multiple) > max_batch_tokens):
-            batches.append(order[start:pos])
-            start, grown = pos, length
-        longest = grown
-    if start < len(order):
-        batches.append(order[start:])
-    return batches
+    widths = np.array([padded_length(int(n), multiple) for n in np.asarray(lengths)[order]], dtype=np.int64)
+    per_batch = BATCH_OVERHEAD_TOKENS if overhead is None else overhead
+    return [order[lo:hi] for lo, hi in _cheapest_cuts(widths, batch_size, max_batch_tokens, per_batch)]
+
+
+def _cheapest_cuts(widths: np.ndarray, batch_size: int, budget: int, overhead: int) -> list[tuple[int, int]]:
+    """Dynamic programme over the rows in order: best[j] is the least cost of batching rows [0, j); a batch [i, j)
+    costs (j - i) * max(widths[i:j]) + overhead. Returns the [lo, hi) ranges in order."""
+    n = len(widths)
+    best = np.zeros(n + 1, dtype=np.float64)
+    start = np.zeros(n + 1, dtype=np.int64)
+    for j in range(1, n + 1):
+        rows_cap = min(batch_size, max(1, budget // max(1, int(widths[j - 1]))))  # row j-1 alone fixes a floor width
+        lo = np.arange(max(0, j - rows_cap), j)
+        width = np.maximum.accumulate(widths[lo][::-1])[::-1]  # width[k]: the widest row of [lo[k], j)
+        rows = j - lo
+        cost = best[lo] + rows * width + overhead
+        cost[(rows * width > budget) & (rows > 1)] = np.inf
+        k = int(np.argmin(cost))
+        best[j], start[j] = cost[k], lo[k]
+    cuts: list[tuple[int, int]] = []
+    j = n
+    while j > 0:
+        cuts.append((int(start[j]), j))
+        j = int(start[j])
+    return cuts[::-1]
 
 
 def pad_rows(
