@@ -15,6 +15,7 @@ import onnx
 import pytest
 from tokenizers import Tokenizer
 
+from close import assert_close
 from conftest import EXPORT_SETTINGS, FAMILIES
 from rerank_export.checkpoint import load_model, read_json
 from rerank_export.families import REGISTRY
@@ -30,7 +31,7 @@ from rerank_runtime.kinds import get_kind
 from rerank_runtime.manifest import Manifest
 from rerank_runtime.rerankers import FlagAutoReranker as Runtime
 from rerank_runtime.spec import LAYERWISE, GraphRequest
-from rerank_runtime.tolerances import tolerance
+from rerank_runtime.tolerances import allclose, tolerance
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 # Tiny layerwise int8 misses the ranking bar: Spearman 0.986 < 0.99 on the probe set, whose layer-3 scores include
@@ -175,7 +176,7 @@ def test_verification_block_is_what_the_artifact_scores(exported, reference_scor
     got = np.atleast_2d(runtime.compute_score_array(PROBE_PAIRS, **_call(m)))
     diff = np.abs(got - expected)
     assert diff.max() == pytest.approx(v["max_abs_diff"], rel=1e-3, abs=1e-6)
-    assert np.all(diff <= tol.atol + tol.rtol * np.abs(expected)), f"max abs diff {diff.max():.3g}, tolerance {tol}"
+    assert_close(got, expected, f"{family} {precision} runtime vs reference", tol)
     assert v["spearman"] >= tol.min_spearman
     if precision != "fp32":
         assert v["max_abs_diff"] > tolerance("fp32", "cpu").atol  # the artifact really is reduced precision
@@ -233,9 +234,9 @@ def test_graph_matches_the_torch_wrapper_over_shapes(exported, checkpoint, famil
         got = session.run(outputs, feeds)
         for name, g, w in zip(outputs, got, want):
             assert g.shape == w.shape == (batch,), f"{name} at {batch}x{seq}: {g.shape} vs {w.shape}"
-            diff = np.abs(g - w)
-            if np.any(diff > tol.atol + tol.rtol * np.abs(w)):
-                problems.append(f"{name} at batch {batch} x seq {seq}: max diff {diff.max():.3g}")
+            close = allclose(g, w, tol)
+            if not close.ok:
+                problems.append(f"{name} at batch {batch} x seq {seq}: max diff {close.max_abs_diff:.3g}")
     assert not problems, f"ONNX vs torch beyond atol {tol.atol} + rtol {tol.rtol}: " + "; ".join(problems)
 
 
@@ -274,7 +275,7 @@ def test_runtime_serves_the_early_exit_heads_and_refuses_others(exported, checkp
     for cutoff in ([2], [3]):
         got = runtime.compute_score_array(pairs, cutoff_layers=cutoff)
         want = reference.compute_score_array(pairs, cutoff_layers=cutoff)
-        assert np.all(np.abs(got - want) <= tol.atol + tol.rtol * np.abs(want)), f"cutoff {cutoff}: {got} vs {want}"
+        assert_close(got, want, f"cutoff {cutoff}", tol)
     default = runtime.compute_score_array(pairs)  # the baked default is [3]
     np.testing.assert_array_equal(default, runtime.compute_score_array(pairs, cutoff_layers=[3]))
     with pytest.raises(UnsupportedRequestError) as err:

@@ -7,16 +7,13 @@ for normalize on and off, one and several cutoff layers, and compression off, at
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
+from close import assert_close
 from oracle_client import run_oracle
 from rerank_export.reference import FlagAutoReranker
 from rerank_export.testing.pairs import parity_pairs
 from rerank_runtime.spec import DECODER, ENCODER, LAYERWISE, LIGHTWEIGHT
-from rerank_runtime.tolerances import tolerance
-
-FP32 = tolerance("fp32", "cpu")
 KIND = {"xlm_roberta": ENCODER, "gemma": DECODER, "minicpm_layerwise": LAYERWISE, "gemma2_lightweight": LIGHTWEIGHT}
 
 # (family, constructor kwargs, compute_score kwargs)
@@ -63,11 +60,7 @@ def test_scores_match_flagembedding(oracle, checkpoint, index):
     expected = oracle[index]
     assert expected["error"] is None, expected["error"]
     got = _reference(checkpoint, family, init).compute_score(parity_pairs(), **call)
-    want = np.asarray(expected["scores"], dtype=np.float64)
-    got = np.asarray(got, dtype=np.float64)
-    assert got.shape == want.shape
-    bound = FP32.atol + FP32.rtol * np.abs(want)
-    assert np.all(np.abs(got - want) <= bound), f"max abs diff {np.abs(got - want).max():.3g}"
+    assert_close(got, expected["scores"], "reference vs FlagEmbedding")
 
 
 class _Capture:
@@ -107,4 +100,4 @@ def test_single_pair_returns_a_float(oracle, checkpoint):
     expected = oracle[-1]
     got = _reference(checkpoint, "gemma", {}).compute_score(parity_pairs()[1])
     assert isinstance(got, float)  # FlagEmbedding 1.4.2 returns [float]: a deliberate change
-    assert abs(got - expected["scores"][0]) <= FP32.atol + FP32.rtol * abs(expected["scores"][0])
+    assert_close(got, expected["scores"][0], "one pair")

@@ -26,18 +26,9 @@ from rerank_runtime import (
     ProviderUnavailableError,
     UnsupportedRequestError,
 )
-from rerank_runtime.tolerances import tolerance
-
-FP32 = tolerance("fp32", "cpu")
+from close import FP32, assert_close
 FAMILIES = ("xlm_roberta", "gemma", "minicpm_layerwise", "gemma2_lightweight")
 PAIRS = parity_pairs()[:8]
-
-
-def assert_close(got: Any, want: Any, what: str) -> None:
-    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
-    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
-    diff = np.abs(got - want)
-    assert np.all(diff <= FP32.atol + FP32.rtol * np.abs(want)), f"{what}: max abs diff {diff.max():.3g}"
 
 
 @pytest.fixture(scope="module")

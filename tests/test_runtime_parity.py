@@ -27,9 +27,7 @@ from rerank_export.testing.pairs import parity_pairs
 from rerank_runtime.batching import pad_rows
 from rerank_runtime.manifest import Manifest
 from rerank_runtime.spec import DECODER, ENCODER, LAYERWISE, LIGHTWEIGHT
-from rerank_runtime.tolerances import tolerance
-
-FP32 = tolerance("fp32", "cpu")
+from close import FP32, assert_close
 KIND = {"xlm_roberta": ENCODER, "gemma": DECODER, "minicpm_layerwise": LAYERWISE, "gemma2_lightweight": LIGHTWEIGHT}
 FAMILIES = tuple(KIND)
 
@@ -56,14 +54,6 @@ SCENARIO_IDS = [f"{f}-{i}" for i, (f, _, _) in enumerate(SCENARIOS)]
 def baked(export_dir: Path) -> dict[str, Any]:
     """The compute_score arguments an export was built with (its manifest's defaults)."""
     return {k: v for k, v in Manifest.read(export_dir).defaults.items() if v is not None}
-
-
-def assert_close(got: Any, want: Any, what: str) -> None:
-    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
-    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
-    diff = np.abs(got - want)
-    bound = FP32.atol + FP32.rtol * np.abs(want)
-    assert np.all(diff <= bound), f"{what}: max abs diff {diff.max():.3g} over the fp32 tolerance {FP32}"
 
 
 def spread_guard(scores: np.ndarray) -> None:
