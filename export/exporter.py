@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from rerank_runtime._deps import installed_versions
 from rerank_runtime.errors import ExportError, ParityError
 from rerank_runtime.integrity import describe_tokenizer
 from rerank_runtime.kinds import DEFAULT_COMPRESS_LAYERS, build_request, get_kind
@@ -231,12 +232,6 @@ def graph_info(path: Path, external: list[str], opset: int) -> GraphInfo:
 
 
 def versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for dist in ("bge-rerank-fast", "torch", "onnx", "onnxscript", "onnxruntime", "tokenizers", "transformers"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    """The tools an export is made with, as manifest.json records them."""
+    return installed_versions(("bge-rerank-fast", "torch", "onnx", "onnxscript", "onnxruntime", "tokenizers",
+                               "transformers"))

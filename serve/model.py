@@ -6,7 +6,6 @@ a merged batch cannot fail the other requests in it; the route turns a request's
 
 from __future__ import annotations
 
-import platform
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,16 +134,10 @@ def load(settings: ServeSettings) -> Model:
 
 
 def _versions() -> dict[str, str]:
-    from importlib import metadata
+    from rerank_runtime._deps import installed_versions
 
-    out = {"python": platform.python_version()}
-    for dist in ("bge-rerank-fast", "onnxruntime", "onnxruntime-gpu", "tokenizers", "numpy", "starlette", "uvicorn",
-                 "ray"):  # fmt: skip
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    return installed_versions(("bge-rerank-fast", "onnxruntime", "onnxruntime-gpu", "tokenizers", "numpy",
+                               "starlette", "uvicorn", "ray"), python=True)
 
 
 def _takes_cutoff(reranker: Any) -> bool:
