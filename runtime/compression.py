@@ -91,19 +91,6 @@ def build_plan(
     return feeds
 
 
-def apply_plan(h: np.ndarray, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """new_h[b, j] = sum_t weight[b, j, t] * h[b, index[b, j, t]]; h is [B, S, H]. The numpy twin of the graph op."""
-    b, width, ratio = index.shape
-    gathered = np.take_along_axis(h, index.reshape(b, width * ratio, 1), axis=1)
-    gathered = gathered.reshape(b, width, ratio, h.shape[-1])
-    return (gathered * weight[..., None].astype(h.dtype)).sum(axis=2)
-
-
-def plan_mask(weight: np.ndarray) -> np.ndarray:
-    """The attention mask a stage implies: 1 where the weights sum to > 0."""
-    return (weight.sum(axis=-1) > 0).astype(np.int64)
-
-
 def served_stages(baked_ratio: int, baked_layers: tuple[int, ...], exits: tuple[tuple[int, int], ...]
                   ) -> tuple[int, tuple[int, ...]]:
     """The (ratio, stages) a call for `exits` must ask for on a graph with these baked stages.

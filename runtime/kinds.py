@@ -82,17 +82,6 @@ def auto_lookup_key(model_name_or_path: str) -> str:
     return name
 
 
-def model_class_from_name(model_name_or_path: str) -> str:
-    """The model class that FlagAutoReranker picks from the name alone (AUTO_RERANKER_MAPPING)."""
-    key = auto_lookup_key(model_name_or_path)
-    if key not in AUTO_RERANKER_MAPPING:
-        raise UnknownFamilyError(
-            f"model name {key!r} (from {model_name_or_path!r}) is not in FlagEmbedding's AUTO_RERANKER_MAPPING "
-            f"(known: {sorted(AUTO_RERANKER_MAPPING)}); pass model_class= one of {MODEL_CLASSES}"
-        )
-    return AUTO_RERANKER_MAPPING[key][0]
-
-
 def padding_side(kind: Kind, spec: ModelSpec) -> str:
     """FlagEmbedding pads on the tokenizer's own side, except the lightweight class, which forces right."""
     return "right" if kind.force_right_padding else spec.padding_side

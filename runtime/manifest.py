@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError, ManifestMismatchError
-from .graph_io import DTYPE_OF_ORT, ORT_TYPES, graph_io
+from .graph_io import ORT_TYPES, graph_io
 from .integrity import (FileRecord, TokenLayout, check_tokenizer, describe_tokenizer, read_tokenizer,
                         record_file)
 from .jsonfields import HINT as _HINT
@@ -256,18 +256,6 @@ class Manifest:
                 f"manifest.json and {where or self.graph.file} disagree: " + "; ".join(problems)
                 + "; the files come from different exports: re-export the artifact with `rerank-export`"
             )
-
-
-def tensors_from_session(session: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """(inputs, outputs) as TensorSpecs from an onnxruntime.InferenceSession, for writers of manifests."""
-    def specs(args: Any) -> tuple[TensorSpec, ...]:
-        out: list[TensorSpec] = []
-        for a in args:
-            dims = tuple(d if isinstance(d, (int, str)) else f"dim{i}" for i, d in enumerate(a.shape))
-            out.append(TensorSpec(a.name, DTYPE_OF_ORT.get(a.type, a.type), dims))
-        return tuple(out)
-
-    return specs(session.get_inputs()), specs(session.get_outputs())
 
 
 # --- parsing helpers -------------------------------------------------------------------------------------------------

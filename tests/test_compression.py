@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rerank_runtime.compression import apply_plan, build_plan, plan_mask, real_lengths, stage_plan
+from compression_twin import apply_plan, plan_mask
+from rerank_runtime.compression import build_plan, real_lengths, stage_plan
 from rerank_runtime.errors import UnsupportedRequestError
 
 

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 from rerank_runtime.errors import ArtifactError, ManifestMismatchError
 from rerank_runtime.integrity import FileRecord, TokenLayout, sha256_file
 from rerank_runtime.kinds import DEFAULT_PROMPT
-from rerank_runtime.manifest import GraphInfo, Manifest, TensorSpec, tensors_from_session
+from rerank_runtime.manifest import GraphInfo, Manifest, TensorSpec
 from rerank_runtime.spec import ENCODER, LAYERWISE, LIGHTWEIGHT, ModelSpec
 
 # The char tokenizer's facts, as an export of it records them.
@@ -249,8 +249,6 @@ def _session(tmp_path: Path, id_type: int = TensorProto.INT64) -> ort.InferenceS
 def test_validate_against_a_session(tmp_path: Path) -> None:
     m = layerwise()
     m.validate_against(_session(tmp_path))
-    inputs, outputs = tensors_from_session(_session(tmp_path))
-    assert inputs == m.graph.inputs and outputs == m.graph.outputs
     with pytest.raises(ManifestMismatchError, match="input 'input_ids': manifest dtype int64, graph dtype int32"):
         m.validate_against(_session(tmp_path, TensorProto.INT32))
     renamed = Manifest(**{**m.__dict__, "graph": GraphInfo(**{**m.graph.__dict__, "outputs": (

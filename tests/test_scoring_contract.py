@@ -14,15 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 from char_tokenizer import NL, VOCAB, char_tokenizer, t
+from compression_twin import apply_plan, plan_mask
 
-from rerank_runtime.compression import apply_plan, plan_mask
-from rerank_runtime.errors import UnknownFamilyError, UnsupportedRequestError
-from rerank_runtime.kinds import (
-    KINDS,
-    auto_lookup_key,
-    build_request,
-    model_class_from_name,
-)
+from rerank_runtime.errors import UnsupportedRequestError
+from rerank_runtime.kinds import AUTO_RERANKER_MAPPING, KINDS, auto_lookup_key, build_request
 from rerank_runtime.rerankers import (
     FlagAutoReranker,
     FlagLLMReranker,
@@ -178,10 +173,9 @@ def test_single_score_kinds_have_no_exits() -> None:
 def test_auto_mapping() -> None:
     assert auto_lookup_key("/models/bge-reranker-v2-m3") == "bge-reranker-v2-m3"
     assert auto_lookup_key("/runs/bge-reranker-v2-gemma/checkpoint-500") == "bge-reranker-v2-gemma"
-    assert model_class_from_name("x/bge-reranker-v2.5-gemma2-lightweight") == LIGHTWEIGHT
-    assert model_class_from_name("BAAI/bge-reranker-v2-minicpm-layerwise") == LAYERWISE
-    with pytest.raises(UnknownFamilyError, match="model_class"):
-        model_class_from_name("my-reranker")
+    assert AUTO_RERANKER_MAPPING[auto_lookup_key("x/bge-reranker-v2.5-gemma2-lightweight")][0] == LIGHTWEIGHT
+    assert AUTO_RERANKER_MAPPING[auto_lookup_key("BAAI/bge-reranker-v2-minicpm-layerwise")][0] == LAYERWISE
+    assert auto_lookup_key("my-reranker") not in AUTO_RERANKER_MAPPING
 
 
 def test_auto_reranker_factory() -> None:
