@@ -103,12 +103,12 @@ def load_reference(path: str | os.PathLike, *, model_class: str | None, devices:
 def _reference_devices(devices: Any, provider: str | None) -> list[str]:
     """FlagEmbedding's devices as torch device names; CUDA ones must exist in this torch."""
     if provider not in (None, "torch", "cpu"):
-        raise UnsupportedRequestError(f"the PyTorch reference runs in torch; provider {provider!r} is not available "
+        raise ProviderUnavailableError(f"the PyTorch reference runs in torch; provider {provider!r} is not available "
                                       "(pass provider=None, or load an export with rerank_runtime for ONNX Runtime)")
     names = device_names(devices)
     cuda = [n for n in names if n != "cpu"]  # all or none: device_names refuses a mix
     if cuda and provider == "cpu":
-        raise UnsupportedRequestError(f"provider 'cpu' cannot run on {names}; pass provider=None for CUDA devices")
+        raise ProviderUnavailableError(f"provider 'cpu' cannot run on {names}; pass provider=None for CUDA devices")
     if cuda:
         torch = require("torch")
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -30,7 +30,7 @@ from typing import Any
 
 from rerank_runtime._deps import require
 from rerank_runtime.cudart import CudaRuntime, DeviceInfo
-from rerank_runtime.errors import ArtifactError, EngineError, ManifestMismatchError, UnsupportedRequestError
+from rerank_runtime.errors import ArtifactError, EngineError, ExportError, ManifestMismatchError
 from rerank_runtime.providers import DEFAULT_MAX_BATCH
 from rerank_runtime.trt_engine import ENGINE_FILE, Profile, Shape, check_tensorrt_version, logged, trt_logger
 
@@ -56,8 +56,8 @@ class EngineOptions:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        def bad(name: str, expected: str) -> UnsupportedRequestError:
-            return UnsupportedRequestError(f"EngineOptions.{name} must be {expected}, got {getattr(self, name)!r}")
+        def bad(name: str, expected: str) -> ExportError:
+            return ExportError(f"EngineOptions.{name} must be {expected}, got {getattr(self, name)!r}")
 
         for name in ("max_batch_size", "opt_batch_size", "max_length", "workspace_bytes"):
             value = getattr(self, name)
@@ -82,7 +82,7 @@ def length_buckets(max_length: int, buckets: tuple[int, ...] | None = None) -> l
     if buckets is not None:
         too_long = [b for b in buckets if b > max_length]
         if too_long:
-            raise UnsupportedRequestError(f"length buckets {too_long} exceed max_length {max_length}; "
+            raise ExportError(f"length buckets {too_long} exceed max_length {max_length}; "
                                           "drop them or raise max_length")
         return list(buckets) + ([max_length] if buckets[-1] < max_length else [])
     out, bound = [], FIRST_BUCKET
@@ -99,7 +99,7 @@ def resolve_max_length(manifest: Mapping[str, Any], options: EngineOptions) -> i
     if options.max_length is None:
         return limit
     if options.max_length > limit:
-        raise UnsupportedRequestError(f"max_length {options.max_length} exceeds the artifact's max_sequence_length "
+        raise ExportError(f"max_length {options.max_length} exceeds the artifact's max_sequence_length "
                                       f"{limit} (the longest batch its graph was exported for); use at most {limit} "
                                       "or re-export with a larger max_length")
     return options.max_length
@@ -233,7 +233,7 @@ def build_engine(export_dir: Path | str, options: EngineOptions | None = None,
     if not onnx_path.is_file():
         raise ArtifactError(f"{onnx_path} is missing; re-export the artifact")
     if engine_path.exists() and not options.overwrite:
-        raise EngineError(f"{engine_path} exists; pass overwrite=True (--overwrite) to replace it")
+        raise ExportError(f"{engine_path} exists; pass overwrite=True (--overwrite) to replace it")
     trt, cuda = require("tensorrt"), CudaRuntime()
     device = cuda.device_info(options.device_id)
     cuda.set_device(options.device_id)

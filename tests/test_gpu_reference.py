@@ -14,7 +14,7 @@ from rerank_export.reference import FlagAutoReranker, load_reference
 from rerank_export.testing.factory import BUILTIN
 from rerank_export.testing.pairs import parity_pairs
 from rerank_runtime.artifact import RoundRobin
-from rerank_runtime.errors import ProviderUnavailableError, UnsupportedRequestError
+from rerank_runtime.errors import ProviderUnavailableError
 from rerank_runtime.tolerances import tolerance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -59,7 +59,7 @@ def test_cuda_devices_without_cuda_say_what_torch_sees() -> None:
 @pytest.mark.parametrize(("devices", "provider", "error", "match"), [
     ("mps", None, ProviderUnavailableError, "'mps' is not supported"),
     (["cpu", "cuda:0"], None, ProviderUnavailableError, "mix the CPU and CUDA devices"),
-    ("cpu", "tensorrt", UnsupportedRequestError, "provider 'tensorrt' is not available"),
+    ("cpu", "tensorrt", ProviderUnavailableError, "provider 'tensorrt' is not available"),
 ])
 def test_device_refusals(devices: object, provider: str | None, error: type, match: str) -> None:
     with pytest.raises(error, match=match):

@@ -22,8 +22,8 @@ import pytest
 from rerank_export import tensorrt_build as tb
 from rerank_runtime import trt_backend as tbe
 from gpu_env import why_no_gpu
-from rerank_runtime.errors import (ArtifactError, EngineError, ManifestMismatchError, MissingDependencyError,
-                                   UnsupportedRequestError)
+from rerank_runtime.errors import (ArtifactError, EngineError, ExportError, ManifestMismatchError,
+                                   MissingDependencyError, UnsupportedRequestError)
 from rerank_runtime.providers import DEFAULT_MAX_BATCH
 from rerank_runtime.spec import DECODER, ENCODER, LAYERWISE, LIGHTWEIGHT, GraphRequest
 from trt_fixtures import HIDDEN, VOCAB, make_manifest, ort_cpu, save_export, tiny_feeds, tiny_onnx, write_export
@@ -90,12 +90,12 @@ def test_length_buckets(max_length: int, buckets: tuple[int, ...] | None, expect
 
 
 def test_buckets_beyond_max_length_are_refused() -> None:
-    with pytest.raises(UnsupportedRequestError, match=r"\[256\] exceed max_length 128"):
+    with pytest.raises(ExportError, match=r"\[256\] exceed max_length 128"):
         tb.length_buckets(128, (64, 256))
 
 
 def test_max_length_beyond_the_artifact_is_refused() -> None:
-    with pytest.raises(UnsupportedRequestError, match="exceeds the artifact's max_sequence_length 512"):
+    with pytest.raises(ExportError, match="exceeds the artifact's max_sequence_length 512"):
         tb.plan_profiles(make_manifest(ENCODER), tb.EngineOptions(max_length=1024))
 
 
@@ -111,7 +111,7 @@ def test_max_length_beyond_the_artifact_is_refused() -> None:
     ({"max_batch_size": True}, "max_batch_size"),
 ])
 def test_options_validation(kwargs: dict[str, Any], field: str) -> None:
-    with pytest.raises(UnsupportedRequestError, match=f"EngineOptions.{field} must be"):
+    with pytest.raises(ExportError, match=f"EngineOptions.{field} must be"):
         tb.EngineOptions(**kwargs)
 
 
@@ -329,7 +329,7 @@ def test_engine_from_another_tensorrt_is_refused(tmp_path: Path) -> None:
     model, manifest = tiny_onnx(ENCODER, "fp32", np.random.default_rng(0))
     export = save_export(tmp_path / "enc", model, manifest)
     tb.build_engine(export, tb.EngineOptions(max_batch_size=2, length_buckets=(64,)), progress=lambda _: None)
-    with pytest.raises(EngineError, match="exists; pass overwrite=True"):
+    with pytest.raises(ExportError, match="exists; pass overwrite=True"):
         tb.build_engine(export, tb.EngineOptions(max_batch_size=2), progress=lambda _: None)
     manifest = json.loads((export / "manifest.json").read_text())
     manifest["tensorrt"]["tensorrt_version"] = "9.0.0"
