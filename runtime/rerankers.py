@@ -3,7 +3,10 @@
 Constructors and compute_score keep FlagEmbedding 1.4.2's names, positional order and defaults. Deliberate changes,
 each of which turns a silent surprise into an answer or an error:
 - a single pair returns a float (FlagEmbedding 1.4.2 returns a one-element list); [] returns [] (it raises IndexError);
-- unknown keyword arguments raise TypeError (FlagEmbedding stores and ignores them);
+- unknown keyword arguments raise TypeError (FlagEmbedding stores and ignores them), except two names of FlagEmbedding's
+  reranker workflow: `passage_max_length` (FlagEmbedding 1.4.2 stores it on the reranker and never reads it; passages
+  are limited by max_length: accepted, stored, and a warning, once, when it differs from FlagEmbedding's default 512)
+  and `reranker_batch_size` (its evaluation arguments' name for batch_size: taken as batch_size);
 - out-of-range cutoff_layers raise ValueError (FlagEmbedding drops them with a warning);
 - peft_path is refused: merge the LoRA into the model and export the merged model.
 Our own options: provider, max_batch_tokens (None = FlagEmbedding's batching), chunk_size (see batching.py),
@@ -33,10 +36,13 @@ Devices = str | int | Sequence[str] | Sequence[int] | None
 R = TypeVar("R", bound="_Reranker")
 _PRELOADED = "_preloaded"  # the keyword from_loaded passes a Loaded bundle through the constructor with
 Layers = int | Sequence[int] | None
+_DEFAULT_BATCH_SIZE = 128  # FlagEmbedding's, the constructors' default
+
+# FlagEmbedding keyword arguments its rerankers take through **kwargs (see the module docstring)
+PASSAGE_MAX_LENGTH_DEFAULT = 512
+_warned: set[object] = set()  # passage_max_length values already warned about in this process
 
 _HINTS = {
-    "passage_max_length": "FlagEmbedding stores passage_max_length but never uses it; passages are limited by "
-    "max_length, so pass max_length instead",
     "device": "pass devices= (FlagEmbedding also ignores device=)",
     "compress_layer": "only LightWeightFlagLLMReranker takes it (deprecated spelling of compress_layers)",
 }
@@ -51,6 +57,26 @@ def _check_int(name: str, value: Any, minimum: int, optional: bool = False) -> N
         raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
 
 
+def _workflow_arguments(settings: dict[str, Any], passage_max_length: Any = PASSAGE_MAX_LENGTH_DEFAULT,
+                        reranker_batch_size: Any = None) -> dict[str, Any]:
+    """The settings FlagEmbedding's reranker workflow passes under its own names, as this runtime's settings."""
+    _check_int("passage_max_length", passage_max_length, 1)
+    out: dict[str, Any] = {"passage_max_length": passage_max_length}
+    if passage_max_length != PASSAGE_MAX_LENGTH_DEFAULT and passage_max_length not in _warned:
+        _warned.add(passage_max_length)
+        warnings.warn(f"passage_max_length={passage_max_length} has no effect, as in FlagEmbedding 1.4.2, which stores "
+                      f"it and never reads it: passages are cut to max_length (now {settings['max_length']}); pass "
+                      "max_length to change that", UserWarning, stacklevel=4)
+    if reranker_batch_size is not None:
+        _check_int("reranker_batch_size", reranker_batch_size, 1)
+        if settings["batch_size"] not in (reranker_batch_size, _DEFAULT_BATCH_SIZE):
+            raise ValueError(f"batch_size={settings['batch_size']} and reranker_batch_size={reranker_batch_size} "
+                             "disagree; reranker_batch_size is FlagEmbedding's evaluation name for batch_size: pass "
+                             "one of them")
+        out["batch_size"] = reranker_batch_size
+    return out
+
+
 class _Reranker:
     """Shared machinery. Subclasses pin _KIND and spell out FlagEmbedding's constructor signature."""
 
@@ -59,7 +85,10 @@ class _Reranker:
     def _setup(self, model_name_or_path: str, settings: dict[str, Any], unknown: dict[str, Any]) -> None:
         kind = get_kind(self._KIND)
         loaded: Loaded | None = unknown.pop(_PRELOADED, None)
+        flag_extras = {name: unknown.pop(name) for name in ("passage_max_length", "reranker_batch_size")
+                       if name in unknown}
         self._reject_unknown(unknown)
+        settings.update(_workflow_arguments(settings, **flag_extras))
         if settings.pop("peft_path", None) is not None:
             raise ValueError(
                 "peft_path is not supported: merge the LoRA into the base model (PeftModel.merge_and_unload) and "

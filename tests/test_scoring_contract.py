@@ -227,7 +227,10 @@ def test_input_errors(pairs: Any, err: type[Exception], match: str) -> None:
         ({"chunk_size": 0}, ValueError, "chunk_size"),
         ({"max_batch_tokens": 0}, ValueError, "max_batch_tokens"),
         ({"normalize": "yes"}, TypeError, "normalize"),
-        ({"passage_max_length": 512}, TypeError, "pass max_length instead"),
+        ({"passage_max_length": 0}, ValueError, "passage_max_length"),
+        ({"reranker_batch_size": 0}, ValueError, "reranker_batch_size"),
+        ({"reranker_batch_size": 8, "batch_size": 16}, ValueError, "disagree"),
+        ({"passage_max_lenght": 512}, TypeError, "unexpected keyword"),
         ({"use_bf16": True}, TypeError, "only FlagLLMReranker"),
         ({"cutoff_layers": [4]}, TypeError, "LayerWiseFlagLLMReranker, LightWeightFlagLLMReranker"),
         ({"foo": 1}, TypeError, r"accepted: \[.*'max_length'"),
@@ -236,6 +239,25 @@ def test_input_errors(pairs: Any, err: type[Exception], match: str) -> None:
 def test_constructor_errors(kwargs: dict[str, Any], err: type[Exception], match: str) -> None:
     with pytest.raises(err, match=match):
         make(ENCODER, **kwargs)
+
+
+def test_flagembedding_workflow_arguments_are_accepted(recwarn: pytest.WarningsChecker) -> None:
+    """passage_max_length is stored and changes nothing (FlagEmbedding 1.4.2 never reads it); reranker_batch_size is
+    the batch size (FlagEmbedding's evaluation name for it)."""
+    backend = FakeBackend()
+    pairs = [("q", "p" * n) for n in range(1, 8)]
+    plain = make(ENCODER, backend=backend, max_length=6).compute_score(pairs)
+    sized = make(ENCODER, backend=backend, max_length=6, passage_max_length=512, reranker_batch_size=3)
+    assert not recwarn.list  # the default value: nothing to say
+    assert sized.passage_max_length == 512 and sized.batch_size == 3
+    backend.feeds.clear()
+    assert sized.compute_score(pairs) == plain
+    assert [len(f["input_ids"]) for f in backend.feeds] == [3, 3, 1]
+    with pytest.warns(UserWarning, match=r"passage_max_length=77 has no effect.*max_length \(now 6\)"):
+        other = make(ENCODER, backend=backend, max_length=6, passage_max_length=77)
+    assert other.compute_score(pairs) == plain  # passages are still cut at max_length
+    make(ENCODER, passage_max_length=77)  # warned once per value
+    assert not [w for w in recwarn.list if "passage_max_length" in str(w.message)]
 
 
 def test_peft_path_and_class_mismatch_and_bad_instance_cutoff() -> None:
