@@ -165,10 +165,11 @@ def test_bad_pairs_name_the_index(pairs, error, match, loaded):
 
 
 def test_unknown_keyword_arguments(exported, loaded):
-    with pytest.raises(TypeError, match=r"passage_max_length.*pass max_length instead"):
-        FlagReranker(str(exported("xlm_roberta")), passage_max_length=512)
+    assert FlagReranker(str(exported("xlm_roberta")), passage_max_length=512).passage_max_length == 512
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['passage_max_len'\]"):
+        FlagReranker(str(exported("xlm_roberta")), passage_max_len=512)
     with pytest.raises(TypeError, match="unexpected keyword"):
-        loaded("xlm_roberta").compute_score(PAIRS, passage_max_length=512)
+        loaded("xlm_roberta").compute_score(PAIRS, passage_max_length=512)  # a constructor argument only
     with pytest.raises(TypeError, match=r"does not take \['cutoff_layers'\]"):
         loaded("xlm_roberta").compute_score(PAIRS, cutoff_layers=[2])
     with pytest.raises(TypeError, match=r"does not take \['compress_ratio'\]"):
