@@ -200,20 +200,24 @@ def _ort(name: str, export_dir: Path, settings: dict[str, Any], cuda: Any) -> Bu
 
 def ensure_engine(export_dir: Path, options: Any) -> dict[str, Any]:
     """Build the export's engine unless the one recorded was built here (same TensorRT, same GPU)."""
-    import json
+    import time
 
     import tensorrt as trt
 
     from rerank_export.tensorrt_build import build_engine
     from rerank_runtime.cudart import CudaRuntime
+    from rerank_runtime.manifest import Manifest
 
-    section = json.loads((export_dir / "manifest.json").read_text()).get("tensorrt") or {}
+    record = Manifest.read(export_dir).tensorrt
     device = CudaRuntime().device_info(options.device_id)
-    reuse = (section.get("tensorrt_version") == trt.__version__ and (export_dir / "model.engine").is_file()
-             and section.get("compute_capability") == device.compute_capability
-             and section.get("max_batch_size") == options.max_batch_size)
+    reuse = (record is not None and record.tensorrt_version == trt.__version__
+             and (export_dir / record.engine_file).is_file() and record.compute_capability == device.compute_capability
+             and max(p.max_batch_size for p in record.profiles) == options.max_batch_size)
+    started = time.monotonic()
     if not reuse:
         build_engine(export_dir, options, progress=lambda line: print(f"    {line}", flush=True))
-        section = json.loads((export_dir / "manifest.json").read_text())["tensorrt"]
-    return {"engine_reused": reuse, "build_seconds": section["build_seconds"], "engine_bytes": section["engine_bytes"],
-            "profiles": len(section["profiles"]), "precision_handling": section["precision_handling"]}
+        record = Manifest.read(export_dir).tensorrt
+    assert record is not None
+    return {"engine_reused": reuse, "build_seconds": 0.0 if reuse else round(time.monotonic() - started, 1),
+            "engine_bytes": record.engine_bytes, "profiles": len(record.profiles),
+            "precision_handling": record.precision_handling}

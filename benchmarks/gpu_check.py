@@ -220,9 +220,9 @@ def graphs(check: Check, label: str, export: Path, grid: dict) -> dict[str, Any]
     from rerank_runtime.trt_backend import TensorRTBackend
 
     (batch, length), (request, (feeds_a, feeds_b)) = min(grid.items())
-    raw = Manifest.read(export).to_dict()
-    with TensorRTBackend(export, raw, use_cuda_graphs=True, cuda_graph_max_batch=batch) as with_graphs, \
-            TensorRTBackend(export, raw) as plain:
+    manifest = Manifest.read(export)
+    with TensorRTBackend(export, manifest, use_cuda_graphs=True, cuda_graph_max_batch=batch) as with_graphs, \
+            TensorRTBackend(export, manifest) as plain:
         proof = graph_replay_proof(with_graphs, plain, request, feeds_a, feeds_b)
     if not proof["passed"]:
         check.fail(f"{label}: CUDA graph replay: " + "; ".join(proof["problems"]))

@@ -163,7 +163,7 @@ def export_onnx(opts: ExportOptions, progress: Progress | None = None) -> Path:
 def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
     from tokenizers import Tokenizer
 
-    from .onnx_export import OPSET, trace_to_onnx
+    from .onnx_export import trace_to_onnx
 
     opts = plan.options
     with report.phase("load"):
@@ -185,7 +185,7 @@ def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
     tokenizer = Tokenizer.from_file(str(work / "tokenizer.json"))
     manifest = Manifest(
         model_name=_name(opts.model), source=str(plan.checkpoint), family=plan.family.name, spec=plan.spec,
-        precision=opts.precision, graph=graph_info(onnx_path, external, OPSET), max_length=opts.max_length,
+        precision=opts.precision, graph=graph_info(onnx_path, external), max_length=opts.max_length,
         max_sequence_length=max_sequence_length(plan, tokenizer), exits=plan.request.exits,
         compress_ratio=plan.request.compress_ratio, compress_layers=plan.request.compress_layers,
         defaults=plan.defaults, versions=versions(),
@@ -216,7 +216,7 @@ def _verify_call(plan: ExportPlan) -> dict[str, Any]:
     return {k: v for k, v in plan.defaults.items() if v is not None}
 
 
-def graph_info(path: Path, external: list[str], opset: int) -> GraphInfo:
+def graph_info(path: Path, external: list[str]) -> GraphInfo:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -227,7 +227,7 @@ def graph_info(path: Path, external: list[str], opset: int) -> GraphInfo:
         dims = tuple(d.dim_param or d.dim_value for d in t.shape.dim)
         return TensorSpec(value.name, names.get(t.elem_type, str(t.elem_type)), dims)
 
-    return GraphInfo(file=path.name, opset=opset, inputs=tuple(spec(v) for v in model.graph.input),
+    return GraphInfo(file=path.name, inputs=tuple(spec(v) for v in model.graph.input),
                      outputs=tuple(spec(v) for v in model.graph.output), external_data=tuple(external))
 
 

@@ -47,12 +47,12 @@ def load_artifact(
     verify_hashes: compare every file's sha256 with the manifest's record (the default); False skips hashing, for
     artifacts so large that reading them twice matters. File sizes and the tokenizer's ids are always checked.
     """
-    export_dir, manifest = _read(path)
+    export_dir, manifest = read_export(path)
     _check_request(manifest, export_dir, model_class, use_fp16, use_bf16)
     tokenizer = _tokenizer(export_dir, manifest, verify_hashes)
     placements = resolve(provider, devices, manifest=manifest, export_dir=export_dir, trt_cache_dir=trt_cache_dir)
     if placements[0].provider == "trt-engine":
-        if manifest.tensorrt is not None:  # without a section the backend says how to build an engine
+        if manifest.tensorrt is not None:  # without a record the backend says how to build an engine
             check_engine(export_dir, manifest.tensorrt, verify_hashes)
         backend: Any = _trt_backend(export_dir, manifest, [p.device_id for p in placements])
     else:
@@ -64,10 +64,11 @@ def load_artifact(
 
 def detect_model_class(path: str | os.PathLike[str]) -> str:
     """FlagEmbedding's model_class string recorded in an export directory's manifest."""
-    return _read(path)[1].spec.model_class
+    return read_export(path)[1].spec.model_class
 
 
-def _read(path: str | os.PathLike[str]) -> tuple[Path, Manifest]:
+def read_export(path: str | os.PathLike[str]) -> tuple[Path, Manifest]:
+    """(the export directory, its validated manifest), or an error that says how to make an export there."""
     export_dir = Path(path)
     if not export_dir.exists():
         raise ModelNotFoundError(
@@ -118,8 +119,7 @@ def _tokenizer(export_dir: Path, manifest: Manifest, verify_hashes: bool) -> Any
 
 def _trt_backend(export_dir: Path, manifest: Manifest, device_ids: Sequence[int]) -> Any:
     trt_backend = importlib.import_module("rerank_runtime.trt_backend")
-    raw = manifest.to_dict()  # validated, so equal to the parsed JSON
-    backends = [trt_backend.TensorRTBackend(export_dir, raw, device_id) for device_id in device_ids]
+    backends = [trt_backend.TensorRTBackend(export_dir, manifest, device_id) for device_id in device_ids]
     return backends[0] if len(backends) == 1 else RoundRobin(backends)
 
 

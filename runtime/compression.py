@@ -20,6 +20,11 @@ import numpy as np
 from .errors import UnsupportedRequestError
 
 
+def plan_inputs(stages: int) -> tuple[str, ...]:
+    """The graph inputs of `stages` compression stages: compress_index_k, compress_weight_k for k < stages."""
+    return tuple(f"compress_{role}_{k}" for k in range(stages) for role in ("index", "weight"))
+
+
 def real_lengths(mask: np.ndarray) -> np.ndarray:
     """Per-row real length of a right-padded [B, S] mask; left or gappy padding is an error (as in FlagEmbedding)."""
     mask = np.asarray(mask)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
@@ -21,6 +21,9 @@ from .errors import ArtifactError, ManifestMismatchError
 from .kinds import get_kind
 from .layout import SEPARATOR, pair_template, plain_tokenizer, text_ids
 from .spec import YES_TEXT, ModelSpec
+
+if TYPE_CHECKING:
+    from .trt_engine import EngineRecord
 
 _REEXPORT = "copy the whole export directory again, or re-export it with `rerank-export`"
 _SKIP = "verify_hashes=False skips hashing for very large artifacts; sizes are always checked"
@@ -35,6 +38,20 @@ class FileRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {"bytes": self.bytes, "sha256": self.sha256}
+
+
+def atomic_write(path: Path, data: bytes | memoryview) -> None:
+    """Write a temporary file beside `path`, then rename it over `path`: readers never see half a file, and a failed
+    write leaves the old one (and no temporary file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -62,15 +79,10 @@ def check_file(path: Path, record: FileRecord, label: str, verify_hash: bool = T
                                 f"export; {_REEXPORT} ({_SKIP})")
 
 
-def check_engine(export_dir: Path, section: Mapping[str, Any], verify_hash: bool = True) -> None:
-    """The native TensorRT engine named by the manifest's "tensorrt" section, against its recorded size and sha256."""
-    name, size, digest = (section.get(k) for k in ("engine_file", "engine_bytes", "engine_sha256"))
-    if not (isinstance(name, str) and name == os.path.basename(name) and name not in ("", ".", "..")
-            and type(size) is int and size >= 0 and isinstance(digest, str)):
-        raise ArtifactError(f"manifest.json in {export_dir}: the 'tensorrt' section must record engine_file (a file "
-                            f"name), engine_bytes and engine_sha256, found {name!r}, {size!r}, {digest!r}; rebuild "
-                            "the engine with `rerank-export engine`")
-    check_file(export_dir / name, FileRecord(size, digest), "engine", verify_hash)
+def check_engine(export_dir: Path, record: EngineRecord, verify_hash: bool = True) -> None:
+    """The native TensorRT engine the manifest records, against its recorded size (and sha256, when verify_hash)."""
+    check_file(export_dir / record.engine_file, FileRecord(record.engine_bytes, record.engine_sha256), "engine",
+               verify_hash)
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,12 @@ class JsonObject:
             raise self.fail(key, "an integer" + (f" >= {minimum}" if minimum is not None else ""), v)
         return v
 
+    def boolean(self, key: str) -> bool:
+        v = self.get(key)
+        if not isinstance(v, bool):
+            raise self.fail(key, "true or false", v)
+        return v
+
     def array(self, key: str) -> list[Any]:
         v = self.get(key)
         if not isinstance(v, list):

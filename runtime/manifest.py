@@ -6,8 +6,9 @@ which validates it strictly (unknown keys, wrong types, out-of-range spec fields
 ArtifactError naming the file and the field). `validate_against` then checks that the graph beside it has exactly
 the inputs and outputs the manifest records.
 
-Schema 2 (this version) added `files`, the typed `token_layout` and `spec.max_positions`; schema 1 manifests are
-refused with a request to re-export, since they carry nothing to check the files against.
+Schema 3 (this version) types the "tensorrt" section (`EngineRecord`: the engine file, where it loads, its profiles)
+and drops what nothing read (`score`, `graph.opset`, `spec.model_max_length`); schema 2 added `files`, the typed
+`token_layout` and `spec.max_positions`. Older manifests are refused with the command that re-exports them.
 """
 
 from __future__ import annotations
@@ -21,22 +22,23 @@ from typing import Any
 
 from .errors import ArtifactError, ManifestMismatchError
 from .graph_io import ORT_TYPES, graph_io
-from .integrity import (FileRecord, TokenLayout, check_tokenizer, describe_tokenizer, read_tokenizer,
+from .compression import plan_inputs
+from .integrity import (FileRecord, TokenLayout, atomic_write, check_tokenizer, describe_tokenizer, read_tokenizer,
                         record_file)
 from .jsonfields import HINT as _HINT
 from .jsonfields import JsonObject, is_int
 from .kinds import get_kind
-from .spec import ENCODER, DECODER, LIGHTWEIGHT, ModelSpec, SpecFieldError, exit_name
+from .spec import ENCODER, DECODER, LIGHTWEIGHT, TOKEN_INPUTS, ModelSpec, SpecFieldError, exit_name
+from .trt_engine import EngineRecord
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MANIFEST_FILE = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-SCORE_SEMANTICS = "raw logit; normalize=True applies a sigmoid"
 SINGLE_SCORE_CLASSES = (ENCODER, DECODER)  # one output, "score"; the other kinds have one output per exit
 
 _KEYS = ("schema_version", "format", "model_name", "source", "family", "spec", "precision", "graph", "exits",
          "compress_ratio", "compress_layers", "defaults", "token_layout", "max_length", "max_sequence_length",
-         "tokenizer", "files", "score", "tensorrt", "versions", "verification")
+         "tokenizer", "files", "tensorrt", "versions", "verification")
 _LAYOUT_KEYS = ("vocab_size", "pad_token", "bos_token", "separator_ids", "prompt_ids")
 _SHA256_DIGITS = frozenset("0123456789abcdef")
 
@@ -56,18 +58,22 @@ class TensorSpec:
 @dataclass(frozen=True)
 class GraphInfo:
     file: str
-    opset: int
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     external_data: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "external_data": list(self.external_data), "opset": self.opset,
+        return {"file": self.file, "external_data": list(self.external_data),
                 "inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}
 
 
 @dataclass(frozen=True)
 class Manifest:
+    """manifest.json, typed. Who reads what: model_name, family, precision, exits, compression, versions and
+    verification are reported by rerank-serve's /info; source names the checkpoint in the export commands errors
+    print; spec, token_layout, defaults, max_length and max_sequence_length drive the host side; graph, files and
+    tokenizer are checked at load; tensorrt is the native engine's record (trt_engine.EngineRecord)."""
+
     model_name: str
     source: str
     family: str
@@ -83,8 +89,7 @@ class Manifest:
     token_layout: TokenLayout | None = None  # measured by sealed()/write(); required on read
     tokenizer: str = "tokenizer.json"
     files: Mapping[str, FileRecord] = field(default_factory=dict)  # measured by sealed()/write(); required on read
-    score: str = SCORE_SEMANTICS
-    tensorrt: dict[str, Any] | None = None
+    tensorrt: EngineRecord | None = None
     versions: dict[str, str] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
@@ -122,14 +127,17 @@ class Manifest:
 
     def write(self, export_dir: str | os.PathLike[str]) -> Path:
         """Seal (measure the artifact files in export_dir), validate, then write manifest.json atomically (sorted
-        keys, indent 2). Write it after the files it describes; rewriting it re-measures them."""
+        keys, indent 2; a failed write leaves the old file). Write it after the files it describes; rewriting it
+        re-measures them."""
         data = self.sealed(export_dir).to_dict()
         Manifest.from_dict(data, where="the manifest being written")
         path = Path(export_dir) / MANIFEST_FILE
-        tmp = path.with_name(MANIFEST_FILE + ".tmp")
-        tmp.write_text(json.dumps(data, sort_keys=True, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        atomic_write(path, (json.dumps(data, sort_keys=True, indent=2) + "\n").encode("utf-8"))
         return path
+
+    def with_engine(self, record: EngineRecord | None) -> Manifest:
+        """This manifest recording a native TensorRT engine (None: none); `.write(export_dir)` it."""
+        return replace(self, tensorrt=record)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -141,8 +149,7 @@ class Manifest:
             "token_layout": None if self.token_layout is None else self.token_layout.to_dict(),
             "max_length": self.max_length, "max_sequence_length": self.max_sequence_length,
             "tokenizer": self.tokenizer, "files": {name: r.to_dict() for name, r in sorted(self.files.items())},
-            "score": self.score,
-            "tensorrt": None if self.tensorrt is None else dict(self.tensorrt), "versions": dict(self.versions),
+            "tensorrt": None if self.tensorrt is None else self.tensorrt.to_dict(), "versions": dict(self.versions),
             "verification": dict(self.verification),
         }
 
@@ -155,7 +162,7 @@ class Manifest:
             raise ArtifactError(f"{where}: unknown field(s) {unknown}; known fields: {sorted(_KEYS)}; {_HINT}")
         top.choice("format", ("onnx",))
         spec = _spec(top)
-        tensorrt = top.get("tensorrt")
+        tensorrt = None if top.get("tensorrt") is None else EngineRecord.from_json(top.obj("tensorrt"))
         manifest = cls(
             model_name=top.text("model_name"), source=top.text("source"), family=top.text("family"), spec=spec,
             precision=top.choice("precision", PRECISIONS), graph=_graph(top.obj("graph")),
@@ -163,8 +170,7 @@ class Manifest:
             exits=_exits(top), compress_ratio=top.integer("compress_ratio", 1),
             compress_layers=tuple(top.integers("compress_layers", 1)), defaults=top.obj("defaults").d,
             token_layout=_token_layout(top.obj("token_layout")), tokenizer=top.filename("tokenizer"),
-            files=_files(top.obj("files")), score=top.text("score"),
-            tensorrt=None if tensorrt is None else top.obj("tensorrt").d, versions=_versions(top),
+            files=_files(top.obj("files")), tensorrt=tensorrt, versions=_versions(top),
             verification=top.obj("verification").d, schema_version=SCHEMA_VERSION, format="onnx",
         )
         manifest._check_consistency(where)
@@ -204,7 +210,41 @@ class Manifest:
         if sorted(self.files) != sorted(self.artifact_files()):
             raise fail(f"field 'files' must record exactly {sorted(self.artifact_files())} (the graph, its external "
                        f"data and the tokenizer), found {sorted(self.files)}")
+        self._check_inputs(fail)
         self._check_kind_fields(fail)
+        if self.tensorrt is not None:
+            self._check_profiles(self.tensorrt, fail)
+
+    def stages(self) -> int:
+        """How many compression stages the graph bakes (each takes a gather plan: compress_index_k/weight_k)."""
+        return len(self.compress_layers) if self.compress_ratio > 1 else 0
+
+    def _check_inputs(self, fail: Any) -> None:
+        """The graph takes the token inputs and one plan per baked compression stage, nothing else."""
+        want = {**{n: 2 for n in TOKEN_INPUTS}, **{n: 3 for n in plan_inputs(self.stages())}}
+        have = {t.name: t for t in self.graph.inputs}
+        if set(have) != set(want):
+            raise fail(f"field 'graph.inputs' must be {sorted(want)} for compress_ratio={self.compress_ratio}, "
+                       f"compress_layers={list(self.compress_layers)}, found {sorted(have)}")
+        for name, rank in want.items():
+            shape = have[name].shape
+            if len(shape) != rank or (rank == 3 and isinstance(shape[2], int) and shape[2] != self.compress_ratio):
+                expected = "[batch, sequence]" if rank == 2 else f"[batch, compressed, {self.compress_ratio}]"
+                raise fail(f"field 'graph.inputs' gives {name} the shape {list(shape)}; expected {expected}")
+
+    def _check_profiles(self, record: EngineRecord, fail: Any) -> None:
+        """Every engine profile gives every graph input shapes of its rank, within the exported sequence length."""
+        ranks = {t.name: len(t.shape) for t in self.graph.inputs}
+        for p in record.profiles:
+            if sorted(p.shapes) != sorted(ranks):
+                raise fail(f"field 'tensorrt.profiles[{p.index}].shapes' must give {sorted(ranks)}, found "
+                           f"{sorted(p.shapes)}")
+            bad = [n for n, levels in p.shapes.items() if len(levels[0]) != ranks[n]]
+            if bad:
+                raise fail(f"field 'tensorrt.profiles[{p.index}].shapes' has the wrong rank for {bad}")
+            if p.max_length > self.max_sequence_length:
+                raise fail(f"field 'tensorrt.profiles[{p.index}].max_length' ({p.max_length}) is beyond "
+                           f"'max_sequence_length' ({self.max_sequence_length})")
 
     def _check_kind_fields(self, fail: Any) -> None:
         """Spec fields a kind cannot do without: decoders score a "Yes" id, the layer kinds count layers."""
@@ -265,8 +305,8 @@ def _check_version(top: JsonObject, where: str) -> None:
     version = top.integer("schema_version")
     if version < SCHEMA_VERSION:
         raise ArtifactError(f"{where}: schema_version {version} was written by an older rerank-export; this runtime "
-                            f"reads schema {SCHEMA_VERSION}, which records the size and sha256 of every artifact file "
-                            "so that a damaged or mixed-up file is refused: re-export it with this version "
+                            f"reads schema {SCHEMA_VERSION} (schema 2 added the size and sha256 of every artifact "
+                            "file, schema 3 the typed TensorRT engine record): re-export it with this version "
                             "(`rerank-export --model <checkpoint> --output <this directory> --overwrite`)")
     if version > SCHEMA_VERSION:
         raise ArtifactError(f"{where}: schema_version {version} is not supported (this runtime reads "
@@ -304,11 +344,12 @@ def _token_layout(layout: JsonObject) -> TokenLayout:
 
 
 def _graph(g: JsonObject) -> GraphInfo:
+    g.known(("file", "external_data", "inputs", "outputs"))
     names = g.array("external_data")
     if not all(isinstance(n, str) and n and n == os.path.basename(n) for n in names):
         raise g.fail("external_data", "a list of file names inside the export directory", names)
-    return GraphInfo(file=g.filename("file"), opset=g.integer("opset", 1), inputs=_tensors(g, "inputs"),
-                     outputs=_tensors(g, "outputs"), external_data=tuple(names))
+    return GraphInfo(file=g.filename("file"), inputs=_tensors(g, "inputs"), outputs=_tensors(g, "outputs"),
+                     external_data=tuple(names))
 
 
 def _tensors(g: JsonObject, key: str) -> tuple[TensorSpec, ...]:

@@ -21,6 +21,7 @@ LIGHTWEIGHT = "decoder-only-lightweight"
 MODEL_CLASSES = (ENCODER, DECODER, LAYERWISE, LIGHTWEIGHT)
 
 
+TOKEN_INPUTS = ("input_ids", "attention_mask")  # every graph's first two inputs, int64 [batch, sequence]
 YES_TEXT = "Yes"  # the decoder kinds score the logit of this text's first token (FlagEmbedding's "Yes" id)
 PADDING_SIDES = ("left", "right")
 
@@ -51,7 +52,6 @@ _FIELD_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "num_layers": _int(1, optional=True),
     "start_layer": _int(0, optional=True),
     "layer_sep": _int(1),
-    "model_max_length": _int(1, optional=True),
     "max_positions": _int(1, optional=True),
 }
 
@@ -72,7 +72,6 @@ class ModelSpec:
     num_layers: int | None = None
     start_layer: int | None = None
     layer_sep: int = 1
-    model_max_length: int | None = None
     # the longest token sequence the model's position table serves (XLM-R: max_position_embeddings minus the
     # padding offset; rotary decoders: max_position_embeddings); None where unknown
     max_positions: int | None = None

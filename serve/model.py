@@ -129,7 +129,9 @@ def load(settings: ServeSettings) -> Model:
             "devices": [p.device for p in placements] or settings.devices, "exits": [list(e) for e in manifest.exits],
             "compress_ratio": manifest.compress_ratio, "compress_layers": list(manifest.compress_layers),
             "score": "raw logit from the graph; routes apply a float64 sigmoid unless raw scores are asked for",
-            "exported_with": dict(manifest.versions), "versions": _versions()}  # fmt: skip
+            "exported_with": dict(manifest.versions), "verification": dict(manifest.verification),
+            "engine": None if manifest.tensorrt is None else manifest.tensorrt.build_settings(),
+            "versions": _versions()}  # fmt: skip
     return Model(reranker, settings.model_name or manifest.model_name, info)
 
 

@@ -1,8 +1,5 @@
-"""OnnxBackend and load_artifact on tiny ONNX graphs built here with onnx.helper (no torch).
-
-The graph computes base = sum_s E[input_ids] * attention_mask (+ sum of compress_weight_0 when that input exists)
-and each output is base * scale + bias, so every expected score is computed here in numpy.
-"""
+"""OnnxBackend and load_artifact on the tiny export (tests/tiny_export.py: onnx.helper, no torch), whose every
+expected score is computed in numpy."""
 
 from __future__ import annotations
 
@@ -14,12 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from rerank_runtime.compression import pass_through_stages
-import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+
+from rerank_runtime.compression import build_plan, pass_through_stages
 
 from rerank_runtime import providers
 from rerank_runtime.artifact import RoundRobin, check_model_files, detect_model_class, external_refs, load_artifact
@@ -28,104 +23,16 @@ from rerank_runtime.errors import (ArtifactError, ManifestMismatchError, ModelNo
 from rerank_runtime.manifest import GraphInfo, Manifest, TensorSpec
 from rerank_runtime.onnx_backend import OnnxBackend, run_bound
 from rerank_runtime.providers import Placement, resolve
-from rerank_runtime.spec import ENCODER, LAYERWISE, LIGHTWEIGHT, GraphRequest, ModelSpec
+from rerank_runtime.spec import ENCODER, LAYERWISE, LIGHTWEIGHT, GraphRequest
+from tiny_export import TWO_EXITS, VOCAB, batch, expected, tiny_export, tiny_manifest
 
-VOCAB = 40
-TABLE = (np.arange(VOCAB, dtype=np.float32) - 17.0) / 7.0
-TWO_EXITS = {"score_l2_h0": (1.0, 0.0), "score_l3_h1": (-2.0, 0.5)}
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 gpu = pytest.mark.skipif(not HAS_CUDA, reason="onnxruntime has no CUDAExecutionProvider (CPU build or no GPU)")
 
 
-def build_artifact(
-    root: Path,
-    outputs: dict[str, tuple[float, float]] | None = None,
-    *,
-    model_class: str = ENCODER,
-    external: bool = False,
-    compress: bool = False,
-    precision: str = "fp32",
-    **manifest_fields: Any,
-) -> Manifest:
-    outputs = outputs or {"score": (1.0, 0.0)}
-    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])
-    mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])
-    inputs = [ids, mask]
-    nodes = [
-        helper.make_node("Gather", ["table", "input_ids"], ["emb"]),
-        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["emb", "maskf"], ["masked"]),
-        helper.make_node("ReduceSum", ["masked", "axis1"], ["base0"], keepdims=0),
-    ]
-    inits = [numpy_helper.from_array(TABLE, "table"), numpy_helper.from_array(np.array([1]), "axis1"),
-             numpy_helper.from_array(np.array([1, 2]), "axes12")]
-    base = "base0"
-    if compress:
-        inputs.append(helper.make_tensor_value_info("compress_weight_0", TensorProto.FLOAT, ["batch", "s0", 2]))
-        nodes += [helper.make_node("ReduceSum", ["compress_weight_0", "axes12"], ["wsum"], keepdims=0),
-                  helper.make_node("Add", ["base0", "wsum"], ["base1"])]
-        base = "base1"
-    outs = []
-    for name, (scale, bias) in outputs.items():
-        inits += [numpy_helper.from_array(np.float32(scale), f"{name}_s"),
-                  numpy_helper.from_array(np.float32(bias), f"{name}_b")]
-        nodes += [helper.make_node("Mul", [base, f"{name}_s"], [f"{name}_m"]),
-                  helper.make_node("Add", [f"{name}_m", f"{name}_b"], [name])]
-        outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch"]))
-    graph = helper.make_graph(nodes, "tiny", inputs, outs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    root.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, str(root / "model.onnx"), save_as_external_data=external, all_tensors_to_one_file=True,
-                    location="model.onnx.data", size_threshold=64)  # the table only
-    write_tokenizer(root / "tokenizer.json")
-    manifest = tiny_manifest(model_class, outputs, compress, external, precision, **manifest_fields)
-    manifest.write(root)
-    return manifest
-
-
-def tiny_manifest(model_class: str, outputs: dict[str, tuple[float, float]], compress: bool, external: bool,
-                  precision: str, **fields: Any) -> Manifest:
-    inputs = [TensorSpec("input_ids", "int64", ("batch", "sequence")),
-              TensorSpec("attention_mask", "int64", ("batch", "sequence"))]
-    if compress:
-        inputs.append(TensorSpec("compress_weight_0", "float32", ("batch", "s0", 2)))
-    exits = tuple((int(n.split("_")[1][1:]), int(n.split("_")[2][1:])) for n in outputs if n.startswith("score_l"))
-    # consistent with write_tokenizer's vocabulary (the manifest records its ids and load checks them)
-    spec = ModelSpec(model_class=model_class, pad_token_id=0, yes_token_id=4, num_layers=4, start_layer=1)
-    graph = GraphInfo(file="model.onnx", opset=17, inputs=tuple(inputs),
-                      outputs=tuple(TensorSpec(n, "float32", ("batch",)) for n in outputs),
-                      external_data=("model.onnx.data",) if external else ())
-    values: dict[str, Any] = dict(model_name="tiny", source="tests", family="tiny", spec=spec, precision=precision,
-                                  graph=graph, max_length=16, max_sequence_length=24, exits=exits,
-                                  defaults={"cutoff_layers": [e[0] for e in exits]} if exits else {})
-    values.update(fields)
-    return Manifest(**values)
-
-
-def write_tokenizer(path: Path) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {"[PAD]": 0, "[UNK]": 1, "hello": 2, "world": 3, "Yes": 4}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.save(str(path))
-
-
-def batch(rows: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
-    width = max(len(r) for r in rows)
-    ids = np.zeros((len(rows), width), dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = r
-        mask[i, : len(r)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
-def expected(feeds: dict[str, np.ndarray], scale: float = 1.0, bias: float = 0.0) -> np.ndarray:
-    base = (TABLE[feeds["input_ids"]] * feeds["attention_mask"]).sum(axis=1)
-    if "compress_weight_0" in feeds:
-        base = base + np.asarray(feeds["compress_weight_0"], dtype=np.float64).sum(axis=(1, 2))
-    return (base * scale + bias).astype(np.float32)
+def build_artifact(root: Path, outputs: dict[str, tuple[float, float]] | None = None, *, model_class: str = ENCODER,
+                   **fields: Any) -> Manifest:
+    return tiny_export(root, outputs, model_class=model_class, **fields)
 
 
 ROWS = [[3, 7, 11, 39], [5, 1], [20, 21, 22, 23, 24, 25]]
@@ -172,24 +79,24 @@ def test_check_names_the_heads_the_artifact_has(tmp_path: Path) -> None:
 
 def test_check_compression_against_the_baked_stages(tmp_path: Path) -> None:
     outputs = {"score_l2_h0": (1.0, 0.0), "score_l4_h1": (3.0, 0.0)}
-    manifest = build_artifact(tmp_path, outputs, model_class=LIGHTWEIGHT, compress=True, compress_ratio=2,
-                              compress_layers=(3,))
+    manifest = build_artifact(tmp_path, outputs, model_class=LIGHTWEIGHT, compress_layers=(3,))
     backend = cpu_backend(tmp_path, manifest)
     backend.check(GraphRequest(exits=((2, 0), (4, 1)), compress_ratio=2, compress_layers=(3,)))
     backend.check(GraphRequest(exits=((2, 0),)))  # the stage at layer 3 does not touch the layer-2 exit
     only_first = backend.run(GraphRequest(exits=((2, 0),)), batch(ROWS))  # its plan is filled with a pass-through
     filled = pass_through_stages(batch(ROWS), 0, 1, 2)
     assert filled["compress_weight_0"].sum() == sum(map(len, ROWS))  # one weight per real token, nothing merged
-    np.testing.assert_allclose(only_first[0], expected(filled, 1.0), atol=1e-5)
+    np.testing.assert_allclose(only_first[0], expected(batch(ROWS), 1.0), atol=1e-5)
     with pytest.raises(UnsupportedRequestError) as err:
         backend.check(GraphRequest(exits=((4, 1),)))
     assert "compress_ratio=2, compress_layers=[3]" in str(err.value) and "rerank-export" in str(err.value)
     with pytest.raises(UnsupportedRequestError, match="compress_ratio=4"):
         backend.check(GraphRequest(exits=((4, 1),), compress_ratio=4, compress_layers=(3,)))
-    feeds = batch(ROWS) | {"compress_weight_0": np.full((3, 2, 2), 0.25)}  # float64 in, float32 fed
+    plan = build_plan(batch(ROWS)["attention_mask"], np.array([1, 1, 1]), np.array([1, 0, 2]), 2, 1)
+    feeds = batch(ROWS) | {k: v.astype(np.float64) if "weight" in k else v for k, v in plan.items()}  # float64 in
     scores = backend.run(GraphRequest(exits=((4, 1),), compress_ratio=2, compress_layers=(3,)), feeds)
     np.testing.assert_allclose(scores[0], expected(feeds, 3.0), atol=1e-5)
-    with pytest.raises(UnsupportedRequestError, match="compress_weight_0"):
+    with pytest.raises(UnsupportedRequestError, match="compress_index_0"):
         backend.run(GraphRequest(exits=((4, 1),), compress_ratio=2, compress_layers=(3,)), batch(ROWS))
 
 
@@ -255,7 +162,7 @@ def test_fallback_detected_through_get_providers(tmp_path: Path, monkeypatch: py
 
 def test_graph_that_disagrees_with_the_manifest(tmp_path: Path) -> None:
     build_artifact(tmp_path)
-    other = tiny_manifest(ENCODER, {"score": (1.0, 0.0), "extra": (1.0, 0.0)}, False, False, "fp32")
+    other = tiny_manifest(ENCODER, {"score": (1.0, 0.0), "extra": (1.0, 0.0)})
     with pytest.raises(ManifestMismatchError) as err:
         cpu_backend(tmp_path, other)
     assert "['extra', 'score']" in str(err.value) and "graph has ['score']" in str(err.value)
@@ -358,10 +265,10 @@ def test_external_data_missing_short_or_unlisted(tmp_path: Path) -> None:
 
 def test_trt_engine_provider_builds_one_backend_per_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     build_artifact(tmp_path, TWO_EXITS, model_class=LAYERWISE)
-    made: list[tuple[Path, dict[str, Any], int]] = []
+    made: list[tuple[Path, Manifest, int]] = []
 
     class Engine:
-        def __init__(self, export_dir: Path, manifest: dict[str, Any], device_id: int):
+        def __init__(self, export_dir: Path, manifest: Manifest, device_id: int):
             made.append((export_dir, manifest, device_id))
             self.device_id = device_id
 
@@ -376,7 +283,7 @@ def test_trt_engine_provider_builds_one_backend_per_device(tmp_path: Path, monke
     monkeypatch.setattr(providers, "visible_cuda_devices", lambda: 2)
     loaded = load_artifact(tmp_path, provider="trt-engine", devices=[0, 1])
     assert [(p, d) for p, _, d in made] == [(tmp_path, 0), (tmp_path, 1)]
-    assert made[0][1]["exits"] == [[2, 0], [3, 1]] and made[0][1]["spec"]["model_class"] == LAYERWISE
+    assert made[0][1] == Manifest.read(tmp_path)  # the validated, typed manifest
     assert isinstance(loaded.backend, RoundRobin) and loaded.backend.concurrency == 2
     request, feeds = GraphRequest(exits=((2, 0),)), batch(ROWS)
     firsts = [float(loaded.backend.run(request, feeds)[0][0]) for _ in range(4)]

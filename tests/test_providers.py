@@ -11,27 +11,18 @@ import pytest
 
 from rerank_runtime import cudart, providers
 from rerank_runtime.errors import ProviderUnavailableError
-from rerank_runtime.manifest import GraphInfo, Manifest, TensorSpec
+from rerank_runtime.manifest import Manifest
 from rerank_runtime.providers import Placement, profile_shapes, resolve
-from rerank_runtime.spec import ENCODER, LIGHTWEIGHT, ModelSpec
+from rerank_runtime.spec import ENCODER, LIGHTWEIGHT
+from rerank_runtime.trt_engine import EngineRecord, Profile
+from tiny_export import tiny_manifest
 
 GPU_EPS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def manifest(tensorrt: dict[str, Any] | None = None, compress: bool = False) -> Manifest:
-    inputs = [TensorSpec("input_ids", "int64", ("batch", "sequence")),
-              TensorSpec("attention_mask", "int64", ("batch", "sequence")),
-              TensorSpec("static_table", "float32", (4, 2))]
-    if compress:
-        inputs.append(TensorSpec("compress_index_0", "int64", ("batch", "s0", 2)))
-    kind = LIGHTWEIGHT if compress else ENCODER
-    outputs = (TensorSpec("score_l2_h0" if compress else "score", "float32", ("batch",)),)
-    return Manifest(
-        model_name="tiny", source="tests", family="tiny", spec=ModelSpec(model_class=kind, pad_token_id=0),
-        precision="fp32", graph=GraphInfo("model.onnx", 17, tuple(inputs), outputs), max_length=300,
-        max_sequence_length=320, exits=((2, 0),) if compress else (), tensorrt=tensorrt,
-        compress_ratio=2 if compress else 1, compress_layers=(1,) if compress else (),
-    )
+def manifest(compress: bool = False) -> Manifest:
+    return tiny_manifest(LIGHTWEIGHT if compress else ENCODER, {"score_l2_h0" if compress else "score": (1.0, 0.0)},
+                         compress_layers=(1,) if compress else (), max_length=300, max_sequence_length=320)
 
 
 @pytest.fixture
@@ -116,25 +107,22 @@ def test_tensorrt_placement(gpu_host: None, tmp_path: Path) -> None:
 
 def test_compression_inputs_get_a_profile_too() -> None:
     lo, opt, hi = profile_shapes(manifest(compress=True))
-    assert lo == "input_ids:1x1,attention_mask:1x1,compress_index_0:1x1x2"
-    assert opt == "input_ids:128x256,attention_mask:128x256,compress_index_0:128x256x2"
-    assert hi == "input_ids:128x320,attention_mask:128x320,compress_index_0:128x320x2"
+    assert lo == "input_ids:1x1,attention_mask:1x1,compress_index_0:1x1x2,compress_weight_0:1x1x2"
+    assert opt == "input_ids:128x256,attention_mask:128x256,compress_index_0:128x256x2,compress_weight_0:128x256x2"
+    assert hi == "input_ids:128x320,attention_mask:128x320,compress_index_0:128x320x2,compress_weight_0:128x320x2"
 
 
-def test_profiles_from_the_tensorrt_section() -> None:
-    def profile(lo: int, hi: int, batch: int) -> dict[str, Any]:
-        shape = {"min": [1, lo], "opt": [batch, hi], "max": [batch, hi]}
-        return {"index": 0, "min_length": lo, "max_length": hi, "max_batch_size": batch,
-                "shapes": {"input_ids": shape, "attention_mask": shape}}
+def test_profiles_from_the_engine_record() -> None:
+    def profile(index: int, lo: int, hi: int, batch: int) -> Profile:
+        shape = ((1, lo), (batch, hi), (batch, hi))
+        return Profile(index, lo, hi, batch, {"input_ids": shape, "attention_mask": shape})
 
-    section = {"profiles": [profile(1, 128, 32), profile(129, 320, 8)]}
-    lo, opt, hi = profile_shapes(manifest(section))
+    record = EngineRecord("10.13.2", "L4", "8.9", (profile(0, 1, 128, 32), profile(1, 129, 320, 8)), 11, "a" * 64,
+                          "strongly typed", True, False, 3)
+    lo, opt, hi = profile_shapes(manifest().with_engine(record))
     assert lo == "input_ids:1x1,attention_mask:1x1,input_ids:1x129,attention_mask:1x129"
     assert opt == "input_ids:32x128,attention_mask:32x128,input_ids:8x320,attention_mask:8x320"
     assert hi == opt
-    broken = {"profiles": [{"shapes": {"input_ids": {"min": [1, 1], "opt": [1, 1], "max": [1, 1]}}}]}
-    with pytest.raises(ProviderUnavailableError, match="attention_mask"):
-        profile_shapes(manifest(broken))
 
 
 def test_tensorrt_needs_the_manifest(gpu_host: None) -> None:

@@ -194,6 +194,7 @@ def test_info_and_metrics(server):
     assert info["model_class"] == "encoder-only-base" and info["precision"] == "fp32" and info["provider"] == "cpu"
     assert info["max_length"] == 512 and info["exits"] == [] and info["auth"] is True
     assert "onnxruntime" in info["versions"] and "api_key" not in info["limits"]
+    assert info["verification"]["passed"] is True and info["engine"] is None  # what the manifest records
     httpx.post(server.url + "/rerank", headers=auth(), json={"query": QUERY, "texts": DOCS[:2]})
     text = httpx.get(server.url + "/metrics").text
     for series in ("rerank_requests_total", "rerank_request_duration_seconds_bucket", "rerank_queue_wait_seconds",
