@@ -142,11 +142,12 @@ def _which(name: str) -> bool:
 
 @dataclass
 class Built:
-    """One backend over one model and precision: `reranker` for parity (compute_score_array), `backend` for timing
-    (Backend.run), `stream` the address of the CUDA stream it computes on (None: unknown, timed by the host clock)."""
+    """One backend over one model and precision: `reranker` for parity (compute_score_array), `front` for timing
+    (Front.run: the request front and the backend, as compute_score runs each batch), `stream` the address of the
+    CUDA stream it computes on (None: unknown, timed by the host clock)."""
 
     reranker: Any
-    backend: Any
+    front: Any
     stream: int | None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -162,8 +163,8 @@ def build(name: str, checkpoint: str, export_dir: Path | None, precision: str, s
 
         loaded = load_reference(checkpoint, model_class=None, devices="cuda:0", use_fp16=precision == "fp16",
                                 use_bf16=precision == "bf16")
-        return Built(FlagAutoReranker.from_loaded(loaded, **settings), loaded.backend,
-                     int(torch.cuda.current_stream().cuda_stream), {"dtype": loaded.backend.dtype})
+        return Built(FlagAutoReranker.from_loaded(loaded, **settings), loaded.front,
+                     int(torch.cuda.current_stream().cuda_stream), {"dtype": loaded.front.dtype})
     assert export_dir is not None
     if name in _ORT_PROVIDER:
         return _ort(name, export_dir, settings, cuda)
@@ -171,13 +172,15 @@ def build(name: str, checkpoint: str, export_dir: Path | None, precision: str, s
 
     info = ensure_engine(export_dir, engine_options)
     loaded = load_artifact(export_dir, provider="trt-engine", devices="cuda:0")
-    return Built(FlagAutoReranker.from_loaded(loaded, **settings), loaded.backend, loaded.backend.stream_handle, info)
+    engine = loaded.front.backend  # one device: the TensorRTBackend itself
+    return Built(FlagAutoReranker.from_loaded(loaded, **settings), loaded.front, engine.stream_handle, info)
 
 
 def _ort(name: str, export_dir: Path, settings: dict[str, Any], cuda: Any) -> Built:
     """The runtime over ONNX Runtime, on a stream of ours (user_compute_stream) so that events can time it."""
     from tokenizers import Tokenizer
 
+    from rerank_runtime.front import GraphFront, ServedGraph
     from rerank_runtime.manifest import Manifest
     from rerank_runtime.onnx_backend import OnnxBackend
     from rerank_runtime.providers import resolve
@@ -187,15 +190,15 @@ def _ort(name: str, export_dir: Path, settings: dict[str, Any], cuda: Any) -> Bu
     manifest = Manifest.read(export_dir)
     stream = cuda.handle(cuda.stream_create()) if cuda is not None else None
     options = {"user_compute_stream": stream} if stream is not None else None
-    placements = resolve(name.removeprefix("ort-"), "cuda:0", manifest=manifest, export_dir=export_dir,
-                         provider_options=options)
-    backend = OnnxBackend(export_dir, manifest, placements)
-    loaded = Loaded(manifest.spec, Tokenizer.from_file(str(export_dir / manifest.tokenizer)), backend,
+    [placement] = resolve(name.removeprefix("ort-"), "cuda:0", manifest=manifest, export_dir=export_dir,
+                          provider_options=options)
+    backend = OnnxBackend(export_dir, manifest, placement)
+    front = GraphFront(ServedGraph.of(manifest, export_dir), backend)
+    loaded = Loaded(manifest.spec, Tokenizer.from_file(str(export_dir / manifest.tokenizer)), front,
                     dict(manifest.defaults))
-    placement = backend.node_placements[0]
-    return Built(FlagAutoReranker.from_loaded(loaded, **settings), backend, stream,
-                 {"placement": placement.to_dict() if placement else None,
-                  "session_providers": backend.session_providers()[0]})
+    found = backend.node_placement
+    return Built(FlagAutoReranker.from_loaded(loaded, **settings), front, stream,
+                 {"placement": found.to_dict() if found else None, "session_providers": backend.session_providers()})
 
 
 def ensure_engine(export_dir: Path, options: Any) -> dict[str, Any]:

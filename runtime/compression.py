@@ -15,6 +15,8 @@ rounds them to that dtype; the graph may cast).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from .errors import UnsupportedRequestError
@@ -96,6 +98,13 @@ def build_plan(
     return feeds
 
 
+def effective(ratio: int, stages: Iterable[int]) -> tuple[int, tuple[int, ...]]:
+    """(ratio, stages ascending) of a compression that runs; no stage that runs means no compression, whatever the
+    ratio, so both canonicalise to (1, ()). The one place this rule lives."""
+    running = tuple(sorted(set(stages)))
+    return (ratio, running) if ratio > 1 and running else (1, ())
+
+
 def served_stages(baked_ratio: int, baked_layers: tuple[int, ...], exits: tuple[tuple[int, int], ...]
                   ) -> tuple[int, tuple[int, ...]]:
     """The (ratio, stages) a call for `exits` must ask for on a graph with these baked stages.
@@ -104,8 +113,7 @@ def served_stages(baked_ratio: int, baked_layers: tuple[int, ...], exits: tuple[
     deepest exit is d needs exactly the baked stages below d; the graph's later stages get pass-through plans.
     """
     deepest = max((layer for layer, _ in exits), default=None)
-    stages = tuple(c for c in baked_layers if deepest is None or c < deepest)
-    return (baked_ratio, stages) if baked_ratio > 1 and stages else (1, ())
+    return effective(baked_ratio, (c for c in baked_layers if deepest is None or c < deepest))
 
 
 def pass_through_stages(feeds: dict[str, np.ndarray], planned: int, stages: int, ratio: int) -> dict[str, np.ndarray]:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from .compression import effective
 from .errors import ArtifactError, UnknownFamilyError
 from .spec import DECODER, ENCODER, LAYERWISE, LIGHTWEIGHT, MODEL_CLASSES, GraphRequest, ModelSpec
 
@@ -165,17 +166,15 @@ def compression_stages(
 ) -> tuple[int, tuple[int, ...]]:
     """(ratio, stages that run). A stage runs before decoder layer c when 0 < c < deepest exit (section 5.4).
 
-    With no stage left the request is canonicalised to ratio 1: both describe the same computation.
+    With no stage left the request is canonicalised to ratio 1 (compression.effective): both describe the same
+    computation.
     """
     if isinstance(compress_ratio, bool) or not isinstance(compress_ratio, int):
         raise TypeError(f"compress_ratio must be an int >= 1, got {type(compress_ratio).__name__}: {compress_ratio!r}")
     if compress_ratio < 1:
         raise ValueError(f"compress_ratio must be an int >= 1 (1 = no compression), got {compress_ratio}")
     layers = _int_list("compress_layers", compress_layers)
-    if compress_ratio == 1:
-        return 1, ()
-    stages = tuple(sorted({c for c in layers if 0 < c < deepest_exit}))
-    return (compress_ratio, stages) if stages else (1, ())
+    return effective(compress_ratio, (c for c in layers if 0 < c < deepest_exit))
 
 
 def build_request(

@@ -1,7 +1,8 @@
 """Runs an export directory's native TensorRT engine (`model.engine`, built by `rerank-export engine <dir>`).
 
-`TensorRTBackend` implements spec.Backend. The pure parts (the manifest's engine record, profile selection, request
-checks: trt_engine.py) run and are tested on CPU, and so does the whole run/capture/replay plumbing here, against fake
+`TensorRTBackend` implements spec.Backend on one GPU (requests are checked and their feeds completed by the front,
+front.GraphFront). The pure parts (the manifest's engine record, profile selection: trt_engine.py) run and are tested
+on CPU, and so does the whole run/capture/replay plumbing here, against fake
 `tensorrt` and `cuda.bindings.runtime` modules (tests/fake_cuda.py). Against real CUDA it is checked by the gpu-marked
 tests (tests/test_gpu_trt_fake.py: real cuda-bindings, a fake TensorRT whose enqueue launches a CuPy kernel); against
 real TensorRT by the trt-marked tests and benchmarks/gpu_check.py. None of those has run on a GPU yet.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,18 +20,15 @@ from typing import Any
 import numpy as np
 
 from ._deps import require
-from .compression import pass_through_stages
 from .cudart import CudaRuntime, DeviceBuffer, PinnedBuffer
-from .errors import EngineError, ManifestMismatchError, UnsupportedRequestError
+from .errors import EngineError, ManifestMismatchError
 from .manifest import Manifest
-from .spec import GraphRequest
 from .trt_engine import (ENGINE_FILE, MIN_TENSORRT, EngineRecord, Profile, Shape, check_engine_compatibility,
-                         check_request, check_tensorrt_version, engine_record, logged, rebuild_command, select_profile,
-                         trt_logger)
+                         check_tensorrt_version, engine_record, logged, rebuild_command, select_profile, trt_logger)
 
 __all__ = ["ENGINE_FILE", "MIN_TENSORRT", "EngineRecord", "Profile", "Shape", "TensorRTBackend",
-           "check_engine_compatibility", "check_request", "check_tensorrt_version", "engine_record",
-           "rebuild_command", "select_profile", "trt_logger"]
+           "check_engine_compatibility", "check_tensorrt_version", "engine_record", "rebuild_command",
+           "select_profile", "trt_logger"]
 
 
 @dataclass
@@ -97,16 +96,9 @@ class TensorRTBackend:
                           max(p.max_batch_size for p in self.profiles))
 
     # Backend protocol ----------------------------------------------------------------------------------------
-    def check(self, request: GraphRequest) -> None:
-        check_request(self.manifest, request)
-
-    def run(self, request: GraphRequest, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        stages, planned = self.manifest.stages(), len(request.compress_layers)
-        if stages > planned:
-            feeds = pass_through_stages(feeds, planned, stages, self.manifest.compress_ratio)
-        missing = [n for n in self._inputs if n not in feeds]
-        if missing:
-            raise UnsupportedRequestError(f"feeds lack {missing}; the engine takes {self._inputs}")
+    def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """feeds: the graph's inputs, completed by the front; staged in the engine's binding types (which the
+        manifest's input types are, so this copies nothing in practice)."""
         arrays = {n: np.ascontiguousarray(feeds[n], dtype=self._dtypes[n]) for n in self._inputs}
         batch, length = arrays["input_ids"].shape
         profile = select_profile(self.profiles, batch, length, self.export_dir, self.manifest)
@@ -115,7 +107,7 @@ class TensorRTBackend:
                 raise EngineError(f"this TensorRTBackend for {self.export_dir} was closed; create a new one")
             self._cuda.set_device(self.device_id)  # the current device is per thread
             outputs = self._execute(profile, arrays, batch)
-        return [outputs[name] for name in request.output_names]
+        return [outputs[name] for name in names]
 
     @property
     def stream_handle(self) -> int:

@@ -16,10 +16,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ._deps import install_hint
-from .compression import served_stages
 from .errors import EngineError, UnsupportedRequestError
 from .jsonfields import JsonObject
-from .spec import GraphRequest
 
 if TYPE_CHECKING:
     from .manifest import Manifest
@@ -175,22 +173,6 @@ def select_profile(profiles: Sequence[Profile], batch: int, length: int, export_
                         + ", ".join(f"{p.min_length}..{p.max_length} x {p.max_batch_size}" for p in profiles) + ")")
     raise UnsupportedRequestError("; ".join(problems) + ". Lower batch_size / max_length, or rebuild the engine: "
                                   + rebuild_command(export_dir, flags))
-
-
-def check_request(manifest: Manifest, request: GraphRequest) -> None:
-    """The artifact has every requested output and was exported with the requested compression."""
-    outputs = [t.name for t in manifest.graph.outputs]
-    missing = [n for n in request.output_names if n not in outputs]
-    if missing:
-        heads = ", ".join(f"layer {layer} (head {head})" for layer, head in manifest.exits)
-        raise UnsupportedRequestError(f"the artifact has no output {missing}; it serves {heads or repr(outputs)}. "
-                                      "Export another artifact with the cutoff layers you need")
-    ratio, layers = manifest.compress_ratio, manifest.compress_layers
-    if (request.compress_ratio, tuple(request.compress_layers)) != served_stages(ratio, layers, request.exits):
-        raise UnsupportedRequestError(
-            f"requested compress_ratio={request.compress_ratio}, compress_layers={list(request.compress_layers)} but "
-            f"the artifact was exported with compress_ratio={ratio}, compress_layers={list(layers)}; pass those, "
-            "or export another artifact with the settings you need")
 
 
 def check_tensorrt_version(trt: ModuleType) -> tuple[int, int]:

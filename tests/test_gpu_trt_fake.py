@@ -56,7 +56,7 @@ def check_scores(backend: TensorRTBackend, manifest: Manifest, feeds: dict[str, 
     profile = select_profile(backend.profiles, batch, length, backend.export_dir).index
     outputs = [t.name for t in manifest.graph.outputs]
     want = expected_scores(feeds, len(outputs), profile)
-    for name, got in zip(request.output_names, backend.run(request, feeds)):
+    for name, got in zip(request.output_names, backend.run(request.output_names, feeds)):  # complete feeds
         assert got.dtype == np.float32 and got.shape == (batch,)
         np.testing.assert_array_equal(got, want[outputs.index(name)], err_msg=f"{name} at {batch}x{length}")
 
@@ -86,9 +86,9 @@ def test_graph_replays_new_data_and_matches_plain_runs(build: Build, cuda_env: C
         check_scores(graphs, manifest, a)  # captured here (its warm-up run gives A's scores)
         assert graphs.captured_shapes() == [(1, (3, 40), (3, 40))]
         freed = len(cuda_env.freed)
-        replayed = graphs.run(request, b)  # same shape: a replay of A's graph on B's data
+        replayed = graphs.run(request.output_names, b)  # same shape: a replay of A's graph on B's data
         assert len(cuda_env.freed) == freed and len(graphs.captured_shapes()) == 1  # nothing re-captured
-        for got, want in zip(replayed, plain.run(request, b)):
+        for got, want in zip(replayed, plain.run(request.output_names, b)):
             np.testing.assert_array_equal(got, want)
         check_scores(graphs, manifest, b)
 
@@ -146,14 +146,14 @@ def test_refused_tensor_address_is_an_engine_error(build: Build) -> None:
     export, manifest, _ = build(knobs=Knobs(reject_address=True))
     with TensorRTBackend(export, manifest) as backend, pytest.raises(
             EngineError, match=r"rejected the device address of input_ids .*setTensorAddress"):
-        backend.run(request_of(manifest), tiny_feeds(manifest, 1, 8, np.random.default_rng(8)))
+        backend.run(request_of(manifest).output_names, tiny_feeds(manifest, 1, 8, np.random.default_rng(8)))
 
 
 def test_profile_selection_errors_are_engine_errors(build: Build) -> None:
     export, manifest, _ = build(knobs=Knobs(profile_error=True))
     with TensorRTBackend(export, manifest) as backend, pytest.raises(
             EngineError, match=r"refused optimisation profile 0 .*setOptimizationProfileAsync"):
-        backend.run(request_of(manifest), tiny_feeds(manifest, 1, 8, np.random.default_rng(9)))
+        backend.run(request_of(manifest).output_names, tiny_feeds(manifest, 1, 8, np.random.default_rng(9)))
 
 
 def test_failed_capture_is_reported_and_leaves_the_stream_usable(build: Build, cuda_env: CudaEnv) -> None:
@@ -162,7 +162,7 @@ def test_failed_capture_is_reported_and_leaves_the_stream_usable(build: Build, c
     with TensorRTBackend(export, manifest, use_cuda_graphs=True, cuda_graph_max_batch=2) as backend:
         with pytest.raises(EngineError, match=r"cannot be captured into a CUDA graph .*returned False while "
                                               r"capturing.*use_cuda_graphs=False"):
-            backend.run(request_of(manifest), tiny_feeds(manifest, 2, 20, rng))
+            backend.run(request_of(manifest).output_names, tiny_feeds(manifest, 2, 20, rng))
         assert not cuda_env.capturing(backend.stream_handle) and backend.captured_shapes() == []
         check_scores(backend, manifest, tiny_feeds(manifest, 4, 20, rng))  # plain path, same stream
 

@@ -35,7 +35,7 @@ CHILD = textwrap.dedent(
     loaded = load_artifact(sys.argv[1])
     ids = np.array([[3, 4, 5], [6, 7, 0]], dtype=np.int64)
     mask = np.array([[1, 1, 1], [1, 1, 0]], dtype=np.int64)
-    (scores,) = loaded.backend.run(GraphRequest(), {"input_ids": ids, "attention_mask": mask})
+    (scores,) = loaded.front.run(GraphRequest(), {"input_ids": ids, "attention_mask": mask})
     print(json.dumps({"scores": scores.tolist(), "failed": failed, "modules": sorted(sys.modules)}))
     """
 )

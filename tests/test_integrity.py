@@ -122,6 +122,8 @@ def test_the_native_engine_is_checked_before_the_tensorrt_backend_is_built(expor
     built: list[int] = []
 
     class Engine:
+        concurrency = 1
+
         def __init__(self, export_dir: Path, manifest: Manifest, device_id: int):
             built.append(device_id)
 

@@ -7,12 +7,15 @@ for normalize on and off, one and several cutoff layers, and compression off, at
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from close import assert_close
 from oracle_client import run_oracle
-from rerank_export.reference import FlagAutoReranker
+from rerank_export.reference import FlagAutoReranker, load_reference
 from rerank_export.testing.pairs import parity_pairs
+from rerank_runtime.front import FeedRecorder
 from rerank_runtime.spec import DECODER, ENCODER, LAYERWISE, LIGHTWEIGHT
 KIND = {"xlm_roberta": ENCODER, "gemma": DECODER, "minicpm_layerwise": LAYERWISE, "gemma2_lightweight": LIGHTWEIGHT}
 
@@ -63,35 +66,20 @@ def test_scores_match_flagembedding(oracle, checkpoint, index):
     assert_close(got, expected["scores"], "reference vs FlagEmbedding")
 
 
-class _Capture:
-    """Wraps a backend and records each fed row without its padding."""
-
-    def __init__(self, inner):
-        self.inner, self.rows, self.concurrency = inner, [], 1
-
-    def check(self, request):
-        self.inner.check(request)
-
-    def run(self, request, feeds):
-        for ids, mask in zip(feeds["input_ids"], feeds["attention_mask"]):
-            self.rows.append(ids[mask > 0].tolist())
-        return self.inner.run(request, feeds)
-
-
 @pytest.mark.parametrize("family,max_length", [(f, n) for f, lengths in IDS.items() for n in lengths])
 def test_token_ids_match_flagembedding(oracle, checkpoint, family, max_length):
     index = len(SCENARIOS) + [(f, n) for f, ls in IDS.items() for n in ls].index((family, max_length))
     expected = oracle[index]
     assert expected["error"] is None, expected["error"]
-    reranker = _reference(checkpoint, family, {"max_length": max_length})
-    capture = _Capture(reranker.backend)
-    reranker._scorer.backend = capture
+    loaded = load_reference(str(checkpoint(family)), model_class=KIND[family])
+    recorder = FeedRecorder(loaded.front)
+    reranker = FlagAutoReranker.from_loaded(replace(loaded, front=recorder), max_length=max_length)
     ours = []
     for pair in parity_pairs():
-        capture.rows.clear()
+        recorder.calls.clear()
         reranker.compute_score([pair])
-        assert len(capture.rows) == 1
-        ours.append(capture.rows[0])
+        assert len(recorder.rows()) == 1
+        ours.append(recorder.rows()[0])
     assert ours == expected["ids"]
     assert any(len(row) >= max_length for row in ours), "the pair set must hit truncation"
 

@@ -1,14 +1,15 @@
-"""The public classes end to end over a fake numpy Backend: kinds mapping, input errors, return contract, batching.
+"""The public classes end to end over a fake numpy front (spec.Front): kinds mapping, input errors, return contract,
+batching.
 
-The fake backend's score is a deterministic function of each row's real ids (after applying any compression plan),
-so sorting, padding side, order restoration, chunking, token budgets and concurrency are all checked exactly.
+The fake's score is a deterministic function of each row's real ids (after applying any compression plan), so
+sorting, padding side, order restoration, chunking, token budgets and concurrency are all checked exactly. Every
+instance is built with the public from_loaded.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-import time
 from typing import Any
 
 import numpy as np
@@ -46,14 +47,17 @@ def row_score(values: list[float], layer: int = 0, head: int = 0) -> float:
 
 
 class FakeBackend:
-    def __init__(self, concurrency: int = 1, delay: float = 0.0) -> None:
+    """A spec.Front whose scores are row_score of each row's real ids. meet=N: the first N runs wait for each other
+    (a barrier, bounded by a hang guard), so they are provably in flight together."""
+
+    def __init__(self, concurrency: int = 1, meet: int = 0) -> None:
         self.concurrency = concurrency
-        self.delay = delay
         self.lock = threading.Lock()
         self.events: list[str] = []
         self.feeds: list[dict[str, np.ndarray]] = []
         self.inflight = 0
         self.max_inflight = 0
+        self.barrier = threading.Barrier(meet, timeout=30) if meet else None
 
     def check(self, request: GraphRequest) -> None:
         with self.lock:
@@ -65,8 +69,10 @@ class FakeBackend:
             self.feeds.append(feeds)
             self.inflight += 1
             self.max_inflight = max(self.max_inflight, self.inflight)
+            waits = self.barrier is not None and len(self.feeds) <= self.barrier.parties
         try:
-            time.sleep(self.delay)
+            if waits:
+                self.barrier.wait()  # BrokenBarrierError if fewer runs are ever in flight together
             return self._scores(request, feeds)
         finally:
             with self.lock:
@@ -87,15 +93,14 @@ class FakeBackend:
         return outs
 
 
+def bundle(model_class: str, backend: FakeBackend | None = None, defaults: dict[str, Any] | None = None,
+           spec: ModelSpec | None = None) -> Loaded:  # fmt: skip
+    return Loaded(spec or SPECS[model_class], char_tokenizer(), backend or FakeBackend(), defaults or {})
+
+
 def make(model_class: str, backend: FakeBackend | None = None, defaults: dict[str, Any] | None = None,
          spec: ModelSpec | None = None, **kwargs: Any) -> Any:  # fmt: skip
-    loaded = Loaded(spec or SPECS[model_class], char_tokenizer(), backend or FakeBackend(), defaults or {})
-
-    class Testing(CLASSES[model_class]):  # type: ignore[misc, valid-type]
-        def _load(self, model_name_or_path: str, **_: Any) -> Loaded:
-            return loaded
-
-    return Testing("tiny", **kwargs)
+    return CLASSES[model_class].from_loaded(bundle(model_class, backend, defaults, spec), "tiny", **kwargs)
 
 
 def enc_ids(q: str, p: str) -> list[int]:
@@ -179,17 +184,13 @@ def test_auto_mapping() -> None:
 
 
 def test_auto_reranker_factory() -> None:
-    class Auto(FlagAutoReranker):
-        _classes = {kind: type(make(kind)) for kind in CLASSES}
-
-        @classmethod
-        def _detect_model_class(cls, model_name_or_path: str) -> str:
-            return DECODER
-
-    assert isinstance(Auto.from_finetuned("tiny", model_class="decoder-only-layerwise"), LayerWiseFlagLLMReranker)
-    assert isinstance(Auto.from_finetuned("tiny", batch_size=4), FlagLLMReranker)
+    layerwise = FlagAutoReranker.from_finetuned("tiny", model_class="decoder-only-layerwise", loaded=bundle(LAYERWISE))
+    assert type(layerwise) is LayerWiseFlagLLMReranker
+    assert type(FlagAutoReranker.from_loaded(bundle(DECODER), batch_size=4)) is FlagLLMReranker  # the spec's class
+    with pytest.raises(UnsupportedRequestError, match="decoder-only-base"):  # a class that cannot score the bundle
+        FlagAutoReranker.from_finetuned("tiny", model_class=ENCODER, loaded=bundle(DECODER))
     with pytest.raises(ValueError, match="encoder-only-base"):
-        Auto.from_finetuned("tiny", model_class="encoder")
+        FlagAutoReranker.from_finetuned("tiny", model_class="encoder")
     with pytest.raises(EnvironmentError):
         FlagAutoReranker()
 
@@ -367,9 +368,9 @@ def test_token_budget() -> None:
 
 
 def test_concurrency_keeps_batches_in_flight() -> None:
-    backend = FakeBackend(concurrency=3, delay=0.02)
+    backend = FakeBackend(concurrency=3, meet=3)  # the first three batches run only once all three are in flight
     assert make(ENCODER, backend, batch_size=2).compute_score(PAIRS) == EXPECTED
-    assert 2 <= backend.max_inflight <= 3
+    assert backend.max_inflight == 3  # never more than the front's concurrency
 
 
 def test_concurrent_calls_from_threads() -> None:
@@ -481,11 +482,26 @@ def test_non_finite_policy_is_checked_in_constructor_and_call() -> None:
         poisoned().compute_score(POISON_PAIRS[:2], non_finite="zero")
 
 
+def test_token_lengths_count_the_ids_compute_score_feeds() -> None:
+    backend = FakeBackend()
+    r = make(DECODER, backend, max_length=6, batch_size=100)
+    r.compute_score(PAIRS)
+    fed = sorted(int(mask.sum()) for feeds in backend.feeds for mask in feeds["attention_mask"])
+    cut = r.token_lengths(PAIRS)
+    assert cut.dtype == np.int64 and sorted(cut) == fed
+    full = r.token_lengths(PAIRS, truncate=False)  # nothing cut: what max_length=6 cuts shows as longer
+    assert (full >= cut).all() and (full > cut).any()
+    assert (r.token_lengths(PAIRS, max_length=200, query_max_length=200) == full).all()
+    assert (r.token_lengths(PAIRS, prompt="Yes?") < r.token_lengths(PAIRS)).all()  # the prompt is counted
+    with pytest.raises(TypeError, match="prompt"):
+        make(ENCODER).token_lengths(PAIRS, prompt="x")
+
+
 def test_from_loaded_is_the_public_constructor_over_a_bundle() -> None:
     backend = FakeBackend()
     loaded = Loaded(SPECS[DECODER], char_tokenizer(), backend, {})
     reranker = FlagAutoReranker.from_loaded(loaded, batch_size=3)
-    assert type(reranker) is FlagLLMReranker and reranker.batch_size == 3 and reranker.backend is backend
+    assert type(reranker) is FlagLLMReranker and reranker.batch_size == 3 and reranker.front is backend
     assert reranker.compute_score(PAIRS[:4]) == make(DECODER, batch_size=3).compute_score(PAIRS[:4])
     with pytest.raises(TypeError, match="Loaded bundle"):
         FlagReranker.from_loaded(object())  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ from rerank_runtime import trt_backend as tbe
 from gpu_env import why_no_gpu
 from rerank_runtime.errors import (ArtifactError, EngineError, ExportError, ManifestMismatchError,
                                    MissingDependencyError, UnsupportedRequestError)
+from rerank_runtime.front import GraphFront, ServedGraph
 from rerank_runtime.manifest import Manifest
 from rerank_runtime.providers import DEFAULT_MAX_BATCH
 from rerank_runtime.spec import DECODER, ENCODER, LAYERWISE, LIGHTWEIGHT, GraphRequest
@@ -230,16 +231,6 @@ def test_select_profile_beyond_the_artifact_points_at_max_length() -> None:
         tbe.select_profile(profiles, 2, 384, "/e", manifest)
 
 
-def test_check_request() -> None:
-    manifest = make_manifest(LIGHTWEIGHT, compress_layers=(2,))
-    tbe.check_request(manifest, GraphRequest(((3, 1),), 2, (2,)))
-    with pytest.raises(UnsupportedRequestError, match=r"no output \['score_l4_h2'\].*layer 2 \(head 0\), layer 3"):
-        tbe.check_request(manifest, GraphRequest(((4, 2),), 2, (2,)))
-    with pytest.raises(UnsupportedRequestError, match=r"compress_ratio=4.*exported with compress_ratio=2"):
-        tbe.check_request(manifest, GraphRequest(((2, 0),), 4, (2,)))
-    tbe.check_request(make_manifest(DECODER), GraphRequest())
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # missing dependencies, import boundary
 
@@ -316,16 +307,17 @@ def test_engine_matches_onnx_runtime_cpu(tmp_path: Path, kind: str, precision: s
     rng = np.random.default_rng(2)
     for graphs in (False, True):
         with tbe.TensorRTBackend(export, manifest, 0, use_cuda_graphs=graphs) as backend:
-            backend.check(request)
+            front = GraphFront(ServedGraph.of(manifest, export), backend)
+            front.check(request)
             for batch, length in [(1, 5), (3, 32), (8, 40), (2, 300), (3, 32)]:
                 feeds = tiny_feeds(manifest, batch, length, rng)
                 want = ort_cpu(export, feeds)
-                got = backend.run(request, feeds)
+                got = front.run(request, feeds)
                 for name, scores in zip(request.output_names, got):
                     assert scores.dtype == np.float32 and scores.shape == (batch,)
                     np.testing.assert_allclose(scores, want[name], rtol=tolerance, atol=tolerance)
             with pytest.raises(UnsupportedRequestError, match="--max-batch-size 9"):
-                backend.run(request, tiny_feeds(manifest, 9, 8, rng))
+                front.run(request, tiny_feeds(manifest, 9, 8, rng))
 
 
 @pytest.mark.trt
