@@ -16,35 +16,20 @@ from typing import Any
 import numpy as np
 
 
-class _Capture:
-    """A Backend wrapper that keeps the first batch's feeds."""
-
-    def __init__(self, backend: Any) -> None:
-        self.backend = backend
-        self.feeds: dict[str, np.ndarray] | None = None
-
-    def check(self, request: Any) -> None:
-        self.backend.check(request)
-
-    def run(self, request: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        if self.feeds is None:
-            self.feeds = {k: v.copy() for k, v in feeds.items()}
-        out: list[np.ndarray] = self.backend.run(request, feeds)
-        return out
-
-
 def captured_batch(reranker: Any, pairs: list[list[str]], call: dict[str, Any]) -> tuple[Any, dict[str, np.ndarray]]:
     """(the call's GraphRequest, the feeds of the first batch the runtime builds for `pairs`)."""
+    from rerank_runtime.front import FeedRecorder
+
     scorer = reranker._scorer
-    capture = _Capture(scorer.front)
+    capture = FeedRecorder(scorer.front)
     scorer.front = capture
     try:
         reranker.compute_score_array(pairs, **call)
     finally:
-        scorer.front = capture.backend  # the front it wrapped
-    if capture.feeds is None:
+        scorer.front = capture.front
+    if not capture.calls:
         raise RuntimeError("the runtime ran no batch for the profile pairs")
-    return reranker._plan(call)[0].request, capture.feeds
+    return capture.calls[0]
 
 
 def op_profile(reranker: Any, pairs: list[list[str]], call: dict[str, Any], threads: int,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ctypes.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -135,13 +138,50 @@ def test_trt_engine_has_no_ort_providers(gpu_host: None) -> None:
     assert placement.ort_providers == () and placement.primary is None and placement.device_id == 1
 
 
-def test_visible_cuda_devices_without_a_driver() -> None:
+class FakeDriver:
+    """libcuda's two calls visible_cuda_devices makes, with chosen results."""
+
+    def __init__(self, init_rc: int = 0, count: int = 0, count_rc: int = 0) -> None:
+        self.init_rc, self.count, self.count_rc = init_rc, count, count_rc
+
+    def cuInit(self, flags: int) -> int:
+        return self.init_rc
+
+    def cuDeviceGetCount(self, count: Any) -> int:
+        count._obj.value = self.count  # a ctypes.byref(c_int)
+        return self.count_rc
+
+
+@pytest.mark.parametrize(("driver", "expected"), [
+    (FakeDriver(count=3), 3),
+    (FakeDriver(init_rc=100), 0),  # CUDA_ERROR_NO_DEVICE: a driver without a GPU (or CUDA_VISIBLE_DEVICES="")
+    (FakeDriver(init_rc=999), r"cuInit returned CUresult 999"),
+    (FakeDriver(count=2, count_rc=3), r"cuDeviceGetCount failed with CUresult 3"),
+    (None, "libcuda.so.1 could not be loaded"),
+])
+def test_visible_cuda_devices(monkeypatch: pytest.MonkeyPatch, driver: FakeDriver | None, expected: Any) -> None:
     assert providers.visible_cuda_devices is cudart.visible_cuda_devices  # one device count in the package
-    if ctypes.util.find_library("cuda"):
-        assert providers.visible_cuda_devices() >= 0
+
+    def load(name: str) -> FakeDriver:
+        assert name == "libcuda.so.1"
+        if driver is None:
+            raise OSError(f"{name}: cannot open shared object file")
+        return driver
+
+    monkeypatch.setattr(cudart.ctypes, "CDLL", load)
+    if isinstance(expected, int):
+        assert cudart.visible_cuda_devices() == expected
     else:
-        with pytest.raises(ProviderUnavailableError, match="libcuda.so.1"):
-            providers.visible_cuda_devices()
+        with pytest.raises(ProviderUnavailableError, match=expected):
+            cudart.visible_cuda_devices()
+
+
+@pytest.mark.skipif(ctypes.util.find_library("cuda") is None, reason="no NVIDIA driver (libcuda) on this machine")
+def test_visible_cuda_devices_honours_cuda_visible_devices() -> None:
+    code = "from rerank_runtime.cudart import visible_cuda_devices; print(visible_cuda_devices())"
+    hidden = subprocess.run([sys.executable, "-c", code], env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert hidden.stdout.strip() == "0"
 
 
 @pytest.mark.parametrize("devices,expected", [

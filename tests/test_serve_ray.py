@@ -121,7 +121,6 @@ def test_a_killed_replica_is_replaced_and_no_request_is_lost_or_wrong(ray_server
     before = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(_model_replicas(root)), 30, "2 replicas")
     outcomes: Counter[str] = Counter()
     problems: list[str] = []
-    finished: list[float] = []
     lock = threading.Lock()
     deadline = time.monotonic() + LOAD_SECONDS
 
@@ -139,7 +138,6 @@ def test_a_killed_replica_is_replaced_and_no_request_is_lost_or_wrong(ray_server
                     outcome, problem = _judge(r, expected[i])
                 with lock:
                     outcomes[outcome] += 1
-                    finished.append(time.monotonic())
                     if problem:
                         problems.append(problem)
 
@@ -148,15 +146,16 @@ def test_a_killed_replica_is_replaced_and_no_request_is_lost_or_wrong(ray_server
         t.start()
     wait_for(lambda: sum(outcomes.values()) >= 10, 60, "the load to get going")
     victim = before[0]
-    os.kill(victim, signal.SIGKILL)  # a crash, as an OOM kill or a segfault would be
-    killed_at = time.monotonic()
+    with lock:
+        os.kill(victim, signal.SIGKILL)  # a crash, as an OOM kill or a segfault would be
+        answered_before_kill = sum(outcomes.values())
     for t in threads:
         t.join(LOAD_SECONDS + 60)
     print(f"outcomes with one replica killed under load: {dict(outcomes)}")
     assert not problems, problems[:5]
     assert outcomes["ok"] > 0 and outcomes["ok"] + outcomes["retriable"] == sum(outcomes.values())
     assert sum(outcomes.values()) == CLIENTS * REQUESTS_PER_CLIENT  # bounded in count: every request answered
-    assert sum(t > killed_at for t in finished) >= CLIENTS * REQUESTS_PER_CLIENT // 2  # the kill came under load
+    assert answered_before_kill <= CLIENTS * REQUESTS_PER_CLIENT // 2  # the kill came under load: most came after
     after = wait_for(lambda: (lambda r: r if len(r) == 2 and victim not in r else None)(_model_replicas(root)), 120,
                      "Ray Serve to replace the killed replica")  # fmt: skip
     assert victim not in after
