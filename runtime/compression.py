@@ -1,4 +1,5 @@
-"""The lightweight reranker's token compression, planned on the host (reference 5.5).
+"""The lightweight reranker's token compression, planned on the host (docs/flagembedding-behaviour.md, Token
+compression).
 
 FlagEmbedding's `token_compress` replaces the passage span of each row by means of consecutive groups of r tokens
 (a partial last group is averaged over its real members), keeps the query span (BOS, query, first newline) and the

@@ -61,8 +61,8 @@ class ServedGraph:
         """The graph `rerank-export` would bake for exactly this request (the PyTorch reference builds it)."""
         stages = len(request.compress_layers) if request.compress_ratio > 1 else 0
         inputs = [TensorSpec(n, "int64", ("batch", "sequence")) for n in TOKEN_INPUTS]
-        inputs += [TensorSpec(n, "int64" if "index" in n else "float32", ("batch", "compressed", request.compress_ratio))
-                   for n in plan_inputs(stages)]
+        plan_shape = ("batch", "compressed", request.compress_ratio)
+        inputs += [TensorSpec(n, "int64" if "index" in n else "float32", plan_shape) for n in plan_inputs(stages)]
         return cls(tuple(inputs), request.exits, request.compress_ratio if stages else 1,
                    request.compress_layers if stages else (), where, source)
 

@@ -1,7 +1,8 @@
 """What differs between FlagEmbedding's four reranker classes, and how their arguments become a GraphRequest.
 
-Everything here follows FlagEmbedding 1.4.2 (see the reference notes, sections 3.3, 4.2-4.4, 5.1-5.4 and 6),
-with the deliberate changes marked in comments.
+Everything here follows FlagEmbedding 1.4.2 as docs/flagembedding-behaviour.md states it (Decoder token layout,
+Layerwise cutoff layers, Lightweight exits, Token compression, FlagAutoReranker), with the deliberate changes marked in
+comments.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def padding_side(kind: Kind, spec: ModelSpec) -> str:
 
 
 def bos_prefix(kind: Kind, spec: ModelSpec) -> list[int]:
-    """The ids put before the query of a decoder layout (section 3.4 step 5, 4.2, 5.3)."""
+    """The ids put before the query of a decoder layout (flagembedding-behaviour.md, Decoder token layout: BOS)."""
     if kind.bos == "template":
         return []
     if kind.bos == "unless_pad":
@@ -143,7 +144,8 @@ def normalize_cutoffs(value: int | Sequence[int] | None, valid: range, default: 
 
 
 def layerwise_exits(cutoff_layers: int | Sequence[int] | None, spec: ModelSpec) -> tuple[tuple[int, int], ...]:
-    """(layer, head) per returned score for the MiniCPM layerwise class (section 4.3).
+    """(layer, head) per returned score for the MiniCPM layerwise class (flagembedding-behaviour.md, Layerwise cutoff
+    layers).
 
     The states come out in ascending layer order without duplicates, but head i is lm_head[c[i] - start_layer]
     with c the user's list in user order: [6, 2] scores the layer-2 state with the layer-6 head. Reproduced on purpose.
@@ -155,7 +157,8 @@ def layerwise_exits(cutoff_layers: int | Sequence[int] | None, spec: ModelSpec) 
 
 
 def lightweight_exits(cutoff_layers: int | Sequence[int] | None, spec: ModelSpec) -> tuple[tuple[int, int], ...]:
-    """(layer, head) per returned score for the Gemma-2 lightweight class: head i is lm_head[i] (section 5.4)."""
+    """(layer, head) per returned score for the Gemma-2 lightweight class: head i is lm_head[i]
+    (flagembedding-behaviour.md, Lightweight exits)."""
     num_layers, start = _require_layers(KINDS[LIGHTWEIGHT], spec)
     c = normalize_cutoffs(cutoff_layers, range(start, num_layers + 1, spec.layer_sep), num_layers)
     return tuple((layer, i) for i, layer in enumerate(sorted(set(c))))
@@ -164,7 +167,8 @@ def lightweight_exits(cutoff_layers: int | Sequence[int] | None, spec: ModelSpec
 def compression_stages(
     compress_ratio: int, compress_layers: int | Sequence[int], deepest_exit: int
 ) -> tuple[int, tuple[int, ...]]:
-    """(ratio, stages that run). A stage runs before decoder layer c when 0 < c < deepest exit (section 5.4).
+    """(ratio, stages that run). A stage runs before decoder layer c when 0 < c < deepest exit
+    (flagembedding-behaviour.md, Token compression).
 
     With no stage left the request is canonicalised to ratio 1 (compression.effective): both describe the same
     computation.

@@ -1,4 +1,5 @@
-"""Token ids for query/passage pairs, exactly as FlagEmbedding 1.4.2 feeds its models (reference 2.3, 3.4, 4.2, 5.3).
+"""Token ids for query/passage pairs, exactly as FlagEmbedding 1.4.2 feeds its models
+(docs/flagembedding-behaviour.md: Lengths, Encoder token layout, Decoder token layout).
 
 Every segment is tokenised on its own with add_special_tokens=False and truncated by slicing, which is what the HF
 fast tokenizer's truncation=True does for one sequence; the pair is then cut with HF's `only_second` rule.
@@ -33,7 +34,7 @@ def check_text(what: str, text: str, index: int | None = None) -> None:
 
 @dataclass(frozen=True)
 class Instructions:
-    """Query/passage instructions, applied as text before tokenisation (reference 1.3)."""
+    """Query/passage instructions, applied as text before tokenisation (flagembedding-behaviour.md, Instructions)."""
 
     query: str | None = None
     query_format: str = "{}{}"
@@ -68,7 +69,7 @@ class LayoutSettings:
 
 
 def resolve_query_max_length(call: int | None, instance: int | None, max_length: int) -> int:
-    """Call value, else instance value, else max_length * 3 // 4 (reference 2.2)."""
+    """Call value, else instance value, else max_length * 3 // 4 (flagembedding-behaviour.md, Lengths)."""
     if call is not None:
         return call
     if instance is not None:
@@ -81,7 +82,8 @@ class EncodedChunk:
     """The ids of a run of pairs, in input order.
 
     keys: FlagEmbedding's sort key per pair (encoder: full length; decoders: len(Q) + len(P)).
-    query_lengths / prompt_lengths: the lightweight kind's spans (reference 5.3); None for other kinds.
+    query_lengths / prompt_lengths: the lightweight kind's spans (flagembedding-behaviour.md, Lightweight exits); None
+    for other kinds.
     """
 
     ids: list[list[int]]

@@ -1,4 +1,5 @@
-"""The host-side compression plan against a transcription of FlagEmbedding's token_compress (reference 5.5)."""
+"""The host-side compression plan against a transcription of FlagEmbedding's token_compress (docs/flagembedding-behaviour.md, Token
+compression)."""
 
 from __future__ import annotations
 

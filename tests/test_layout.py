@@ -1,4 +1,5 @@
-"""Token layouts for every kind on hand-computed cases (reference 2.3, 3.4, 4.2, 5.3).
+"""Token layouts for every kind on hand-computed cases (docs/flagembedding-behaviour.md: Encoder and Decoder token
+layout).
 
 The tokenizer is character-level, so every expected id list below is spelled out from the texts.
 """

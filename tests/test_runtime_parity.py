@@ -1,6 +1,6 @@
 """The runtime (ONNX Runtime CPU on fp32 exports) is a drop-in FlagEmbedding replacement, on every kind.
 
-Layers, as style.md 6 asks:
+Layers:
 - scores vs the PyTorch reference (rerank_export.reference) at max_length 64 and 128, normalize on and off, layerwise
   one and several cutoffs from the all-heads export, lightweight with the export's baked settings;
 - scores vs FlagEmbedding 1.4.2 itself (the oracle, one process for all jobs);
