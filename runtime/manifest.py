@@ -264,12 +264,6 @@ class Manifest:
         """The graph outputs that carry scores: one per exit, or ("score",) for the single-score kinds."""
         return tuple(exit_name(layer, head) for layer, head in self.exits) if self.exits else ("score",)
 
-    def describe_heads(self) -> str:
-        """'layer 2 (head 0), layer 3 (head 1)' or 'one score output' for error messages."""
-        if not self.exits:
-            return "one score output ('score')"
-        return ", ".join(f"layer {layer} (head {head})" for layer, head in self.exits)
-
     def validate_against(self, session_or_io: Any, where: str | None = None) -> None:
         """Check that a graph's inputs and outputs match this manifest (names, element types and ranks).
 

@@ -73,12 +73,11 @@ def test_write_records_size_and_sha256_of_every_artifact_file(tmp_path: Path) ->
     assert files["model.onnx"] == {"bytes": 11, "sha256": hashlib.sha256(b"graph bytes").hexdigest()}
 
 
-def test_exit_names_and_heads() -> None:
+def test_exit_names() -> None:
     m = layerwise()
     assert m.exit_names() == ("score_l2_h0", "score_l3_h1")
-    assert m.describe_heads() == "layer 2 (head 0), layer 3 (head 1)"
     encoder = Manifest.from_dict(_encoder_dict())
-    assert encoder.exit_names() == ("score",) and "one score output" in encoder.describe_heads()
+    assert encoder.exit_names() == ("score",)
 
 
 def _encoder_dict() -> dict[str, Any]:
