@@ -125,7 +125,7 @@ def describe_tokenizer(tokenizer: Tokenizer, spec: ModelSpec, where: str = "toke
         if token_id is not None and texts[field] is None:
             raise ArtifactError(f"{where}: spec.{field} {token_id} is not a token of this tokenizer (vocabulary of "
                                 f"{tok.get_vocab_size(with_added_tokens=True)}); {_REEXPORT}")
-    prompt = get_kind(spec.model_class).default_prompt  # None: the encoder, which has no separator or prompt
+    prompt = get_kind(spec.model_class).default_prompt  # None: a pair-template kind, no separator or prompt
     return TokenLayout(
         vocab_size=tok.get_vocab_size(with_added_tokens=True), pad_token=texts["pad_token_id"] or "",
         bos_token=texts["bos_token_id"], separator_ids=() if prompt is None else tuple(text_ids(tok, SEPARATOR)),
@@ -149,7 +149,7 @@ def tokenizer_mismatches(tokenizer: Tokenizer, spec: ModelSpec, layout: TokenLay
         differ(f"id of the BOS token {layout.bos_token!r} (spec.bos_token_id)", spec.bos_token_id,
                tok.token_to_id(layout.bos_token))
     kind = get_kind(spec.model_class)
-    if kind.default_prompt is None:
+    if not kind.prompted:
         differ("pair template (spec.pair_prefix/middle/suffix)", (spec.pair_prefix, spec.pair_middle,
                                                                   spec.pair_suffix), pair_template(tok))
         return found

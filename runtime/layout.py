@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 
 from .errors import InvalidTextError
 from .kinds import Kind, bos_prefix
-from .spec import ENCODER, LIGHTWEIGHT, ModelSpec
+from .spec import ModelSpec
 
 
 def check_text(what: str, text: str, index: int | None = None) -> None:
@@ -154,20 +154,20 @@ class PairEncoder:
         self.tokenizer = tokenizer
         self.settings = settings
         self.bos = bos_prefix(kind, spec)
-        if kind.model_class == ENCODER:
-            self.sep: list[int] = []
-            self.prompt: list[int] = []
-        else:
+        if kind.prompted:
             self.sep = text_ids(tokenizer, SEPARATOR)
             self.prompt = text_ids(tokenizer, settings.prompt or "")
+        else:
+            self.sep: list[int] = []
+            self.prompt: list[int] = []
 
     def encode(self, queries: Sequence[str], passages: Sequence[str]) -> EncodedChunk:
         """queries / passages: the instruction-applied texts."""
         q_ids = _token_ids(self.tokenizer, queries, self.settings.query_max_length)
         p_ids = _token_ids(self.tokenizer, passages, self.settings.max_length)
-        if self.kind.model_class == ENCODER:
-            return self._encoder(q_ids, p_ids)
-        return self._decoder(q_ids, p_ids)
+        if self.kind.prompted:
+            return self._decoder(q_ids, p_ids)
+        return self._encoder(q_ids, p_ids)
 
     def _encoder(self, q_ids: list[list[int]], p_ids: list[list[int]]) -> EncodedChunk:
         spec, limit = self.spec, self.settings.max_length
@@ -191,7 +191,7 @@ class PairEncoder:
             ids.append(first + second + tail)
         keys = np.array([len(q) + len(p) for q, p in zip(q_ids, p_ids)], dtype=np.int64)
         chunk = EncodedChunk(ids=ids, keys=keys)
-        if self.kind.model_class == LIGHTWEIGHT:
+        if self.kind.takes_compression:  # the spans its compression plans keep
             chunk.query_lengths = np.array([len(bos) + len(q) + len(sep) for q in q_ids], dtype=np.int64)
             chunk.prompt_lengths = np.full(len(q_ids), len(sep) + len(prompt), dtype=np.int64)
         return chunk

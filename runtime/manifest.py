@@ -27,14 +27,13 @@ from .integrity import (FileRecord, TokenLayout, atomic_write, check_tokenizer, 
                         record_file)
 from .jsonfields import HINT as _HINT
 from .jsonfields import JsonObject, is_int
-from .kinds import get_kind
-from .spec import ENCODER, DECODER, LIGHTWEIGHT, TOKEN_INPUTS, ModelSpec, SpecFieldError, exit_name
+from .kinds import KINDS, get_kind
+from .spec import TOKEN_INPUTS, ModelSpec, SpecFieldError, exit_name
 from .trt_engine import EngineRecord
 
 SCHEMA_VERSION = 3
 MANIFEST_FILE = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-SINGLE_SCORE_CLASSES = (ENCODER, DECODER)  # one output, "score"; the other kinds have one output per exit
 
 _KEYS = ("schema_version", "format", "model_name", "source", "family", "spec", "precision", "graph", "exits",
          "compress_ratio", "compress_layers", "defaults", "token_layout", "max_length", "max_sequence_length",
@@ -181,14 +180,15 @@ class Manifest:
             return ArtifactError(f"{where}: {what}; {_HINT}")
 
         outputs = [t.name for t in self.graph.outputs]
-        kind = self.spec.model_class
-        if kind in SINGLE_SCORE_CLASSES:
+        kind, model_class = get_kind(self.spec.model_class), self.spec.model_class
+        if not kind.takes_cutoff:  # one output, "score"; the other kinds have one output per exit
             if self.exits:
-                raise fail(f"field 'exits' must be [] for model_class {kind!r}, found {list(self.exits)}")
+                raise fail(f"field 'exits' must be [] for model_class {model_class!r}, found {list(self.exits)}")
             if "score" not in outputs:
-                raise fail(f"field 'graph.outputs' must contain 'score' for model_class {kind!r}, found {outputs}")
+                raise fail(f"field 'graph.outputs' must contain 'score' for model_class {model_class!r}, found "
+                           f"{outputs}")
         elif not self.exits:
-            raise fail(f"field 'exits' must list [layer, head] pairs for model_class {kind!r}, found []")
+            raise fail(f"field 'exits' must list [layer, head] pairs for model_class {model_class!r}, found []")
         missing = [n for n in self.exit_names() if n not in outputs]
         if missing:
             raise fail(f"field 'exits' names outputs {missing} that 'graph.outputs' {outputs} lacks")
@@ -198,8 +198,10 @@ class Manifest:
             raise fail(f"field 'compress_layers' must be ascending without duplicates, found {list(self.compress_layers)}")
         if self.compress_ratio == 1 and self.compress_layers:
             raise fail(f"field 'compress_layers' must be [] when compress_ratio is 1, found {list(self.compress_layers)}")
-        if kind != LIGHTWEIGHT and (self.compress_ratio != 1 or self.compress_layers):
-            raise fail(f"token compression (compress_ratio/compress_layers) is only for {LIGHTWEIGHT!r}, not {kind!r}")
+        if not kind.takes_compression and (self.compress_ratio != 1 or self.compress_layers):
+            compressing = [k for k, v in KINDS.items() if v.takes_compression]
+            raise fail(f"token compression (compress_ratio/compress_layers) is only for {compressing}, not "
+                       f"{model_class!r}")
         if self.max_sequence_length < self.max_length:
             raise fail(f"field 'max_sequence_length' ({self.max_sequence_length}) is below "
                        f"'max_length' ({self.max_length})")
@@ -249,7 +251,7 @@ class Manifest:
     def _check_kind_fields(self, fail: Any) -> None:
         """Spec fields a kind cannot do without: decoders score a "Yes" id, the layer kinds count layers."""
         kind = get_kind(self.spec.model_class)
-        needed = (["yes_token_id"] if kind.default_prompt is not None else []) + (
+        needed = (["yes_token_id"] if kind.prompted else []) + (
             ["num_layers", "start_layer"] if kind.takes_cutoff else [])
         for name in needed:
             value = getattr(self.spec, name)
