@@ -11,6 +11,7 @@ from pathlib import Path
 from .exporter import ExportOptions, export_onnx
 from .families import REGISTRY
 from .testing.factory import write_checkpoint
+from .testing.recipes import get_recipe
 
 PAIRS = [
     ["what is panda?", "hi"],
@@ -18,13 +19,6 @@ PAIRS = [
     ["Wie hoch ist die Zugspitze?", "Die Zugspitze ist mit 2962 Metern der höchste Berg Deutschlands."],
     ["best pizza 🍕", ""],
 ]
-# Per family: export options and the compute_score arguments the demo scores with.
-SETTINGS = {
-    "xlm_roberta": ({}, {}),
-    "gemma": ({}, {}),
-    "minicpm_layerwise": ({}, {"cutoff_layers": [3, 6]}),
-    "gemma2_lightweight": ({"cutoff_layers": (4,), "compress_ratio": 2, "compress_layers": (2,)}, {}),
-}
 
 
 def main(root: str = "demo") -> int:
@@ -34,7 +28,7 @@ def main(root: str = "demo") -> int:
 
     base = Path(root)
     for name, family in REGISTRY.items():
-        options, call = SETTINGS[name]
+        options, call = get_recipe(name).demo  # export options, compute_score arguments
         print(f"\n== {name} ({family.model_class}) ==", flush=True)
         ckpt = write_checkpoint(name, "tiny", base / "checkpoints" / f"tiny-{name}")
         out = export_onnx(ExportOptions(model=str(ckpt), output=str(base / "exports" / f"tiny-{name}-fp32"),

@@ -41,8 +41,17 @@ class TorchModel:
     def graph(self, request: GraphRequest) -> TorchGraph:
         """The score wrapper an export for `request` would trace, on this device."""
         wrapper = self.family.build_wrapper(self.model, self.config, request, {"yes_token_id": self.spec.yes_token_id})
-        inputs = ("input_ids", "attention_mask") + self.family.extra_inputs(request)
-        return TorchGraph(wrapper.to(self.device).eval(), inputs, request.output_names, self.device)  # heads: CPU-built
+        return TorchGraph(wrapper.to(self.device).eval(), self.input_names(request), request.output_names,
+                          self.device)  # the heads are built on the CPU
+
+    def input_names(self, request: GraphRequest) -> tuple[str, ...]:
+        """The score wrapper's positional inputs for `request`."""
+        return ("input_ids", "attention_mask") + self.family.extra_inputs(request)
+
+    def inputs(self, request: GraphRequest, feeds: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
+        """The wrapper's positional input tensors for `request`, on this device, from the host's feeds."""
+        torch = require("torch")
+        return tuple(torch.from_numpy(np.asarray(feeds[n])).to(self.device) for n in self.input_names(request))
 
 
 class TorchGraph:
@@ -58,7 +67,7 @@ class TorchGraph:
         if tuple(names) != self.outputs:
             raise UnsupportedRequestError(f"this graph gives {list(self.outputs)}, not {list(names)}")
         with torch.inference_mode():
-            out = self.module(*(torch.from_numpy(feeds[n]).to(self.device) for n in self.inputs))
+            out = self.module(*(torch.from_numpy(np.asarray(feeds[n])).to(self.device) for n in self.inputs))
         return [o.float().cpu().numpy() for o in (out if isinstance(out, tuple) else (out,))]
 
 

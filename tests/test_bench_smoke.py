@@ -24,9 +24,9 @@ LAYERWISE, LIGHTWEIGHT = "decoder-only-layerwise", "decoder-only-lightweight"
 
 @pytest.fixture(scope="module")
 def tiny():
-    from rerank_export.families import REGISTRY
+    from rerank_export.testing.recipes import RECIPES
 
-    return {name: family.sizes["tiny"] for name, family in REGISTRY.items()}
+    return {name: recipe.sizes["tiny"] for name, recipe in RECIPES.items()}
 
 
 # --- FLOP counts against hand counts (10 real tokens, 2 FLOPs per multiply-add) --------------------------------------

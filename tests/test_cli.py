@@ -7,18 +7,22 @@ verification exits 3 and writes nothing either.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rerank_export import cli
 from rerank_export.exporter import ExportOptions, export_onnx, plan_export
 from rerank_export.families import REGISTRY
+from rerank_export.probe import PROBE_PAIRS
 from rerank_export.progress import Progress
+from rerank_export.reference import FlagAutoReranker as Reference
 from rerank_export.testing.factory import BUILTIN
 from rerank_runtime.errors import ExportError, ModelNotFoundError, UnknownFamilyError
 
@@ -194,15 +198,43 @@ def test_python_m_help_imports_nothing_heavy():
     assert run.returncode == 0 and run.stdout.strip().splitlines()[-1] == "[]", run.stdout + run.stderr
 
 
+def _int8_breaking_copy(src: Path, dst: Path) -> Path:
+    """The trained tiny layerwise MiniCPM, changed so that int8 must lose its ranking while fp32 keeps it.
+
+    In every layer after the first, both norms scale channel 0 by 10^4 and the projections they feed (q/k/v,
+    gate/up) ignore that channel, so the fp32 model still ranks (each layer merely loses one input channel). int8
+    quantises each norm's output per tensor: the scale follows the 10^4 channel, every other channel rounds to zero,
+    and the projections' outputs become exactly zero. So in int8 those layers add nothing: every exit scores the
+    first layer's state (which the int8 plan keeps in fp32), not the state of its own layer.
+    """
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    state = load_file(str(dst / "model.safetensors"))
+    layers = json.loads((dst / "config.json").read_text())["num_hidden_layers"]
+    for layer in range(1, layers):
+        for norm, projections in (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                                  ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"))):
+            state[f"model.layers.{layer}.{norm}.weight"][0] = 1e4  # MiniCPM's norms multiply by w
+            for projection in projections:
+                state[f"model.layers.{layer}.{projection}.weight"][:, 0] = 0.0
+    save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
 def test_int8_below_the_ranking_bar_exits_3_and_writes_nothing(checkpoint, tmp_path, capsys):
-    """Tiny layerwise int8 misses Spearman 0.99 on the probe set (see test_export.INT8_REFUSED)."""
+    model = _int8_breaking_copy(checkpoint("minicpm_layerwise"), tmp_path / "model")
+    fp32 = Reference.from_finetuned(str(model), batch_size=4).compute_score_array(PROBE_PAIRS)
+    assert np.std(fp32) > 1.0, "the changed model must still spread its scores in fp32"
     out = tmp_path / "out"
-    assert cli.main(["--model", str(checkpoint("minicpm_layerwise")), "--int8", "--output", str(out)]) == 3
+    assert cli.main(["--model", str(model), "--int8", "--output", str(out)]) == 3
     err = capsys.readouterr().err
     assert f"rerank-export: verification failed: nothing was written to {out}" in err
     assert "int8 tolerance" in err and "(min 0.99)" in err and "--no-verify" in err
     assert ".out-" not in err, "the message names the output, not the temporary directory"
-    assert list(tmp_path.iterdir()) == []
+    rho = float(re.search(r"Spearman (-?[0-9.]+)", err).group(1))
+    assert rho < 0.95, f"int8 should miss the bar by far, not by a hair: Spearman {rho}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
 # --- bad checkpoints and paths: exit 2, one line naming the file and the problem, no traceback ----------------------

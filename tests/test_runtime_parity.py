@@ -22,35 +22,26 @@ import pytest
 
 import rerank_export.reference as reference
 import rerank_runtime as runtime
-from rerank_runtime.artifact import load_artifact
-from rerank_runtime.front import FeedRecorder
-from rerank_runtime.spec import Loaded
 from oracle_client import run_oracle
 from rerank_export.families import REGISTRY
 from rerank_export.testing.pairs import parity_pairs
+from rerank_export.testing.recipes import RECIPES
+from rerank_export.testing.training import exit_layers
+from rerank_runtime.artifact import load_artifact
 from rerank_runtime.batching import pad_rows
+from rerank_runtime.front import FeedRecorder
+from rerank_runtime.kinds import get_kind
 from rerank_runtime.manifest import Manifest
-from rerank_runtime.spec import DECODER, ENCODER, LAYERWISE, LIGHTWEIGHT
+from rerank_runtime.spec import Loaded
 from close import FP32, assert_close
-KIND = {"xlm_roberta": ENCODER, "gemma": DECODER, "minicpm_layerwise": LAYERWISE, "gemma2_lightweight": LIGHTWEIGHT}
+KIND = {name: family.model_class for name, family in REGISTRY.items()}
 FAMILIES = tuple(KIND)
 
-# (family, constructor kwargs, compute_score kwargs). The runtime gets exactly these; the reference and FlagEmbedding
-# also get the lightweight export's baked settings (they know nothing of the artifact), under the call's own values.
+# (family, constructor kwargs, compute_score kwargs), from the families' testing recipes. The runtime gets exactly
+# these; the reference and FlagEmbedding also get the lightweight export's baked settings (they know nothing of the
+# artifact), under the call's own values.
 SCENARIOS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
-    ("xlm_roberta", {"max_length": 64, "batch_size": 4}, {}),
-    ("xlm_roberta", {"max_length": 128}, {"normalize": True}),
-    ("gemma", {"max_length": 64, "batch_size": 4}, {}),
-    ("gemma", {"max_length": 128, "normalize": True}, {}),
-    ("minicpm_layerwise", {"max_length": 64, "batch_size": 4}, {"cutoff_layers": [3]}),
-    ("minicpm_layerwise", {"max_length": 128}, {"cutoff_layers": [2, 4, 6], "normalize": True}),
-    ("minicpm_layerwise", {"max_length": 64}, {}),  # the default: the full model (layer 6)
-    ("gemma2_lightweight", {"max_length": 64, "batch_size": 4}, {}),  # baked: cutoffs [4, 6], ratio 2, layers [2, 4]
-    ("gemma2_lightweight", {"max_length": 128}, {"normalize": True}),
-    ("gemma2_lightweight", {"max_length": 64, "cutoff_layers": [6, 4], "compress_ratio": 2, "compress_layers": [4, 2]},
-     {}),  # the baked settings spelled out, in another order
-    ("gemma2_lightweight", {"max_length": 64}, {"cutoff_layers": [4]}),  # the shallower exit alone: the stage at
-    # layer 4 lies past it, so the graph gets a pass-through plan there (FlagEmbedding never reaches that stage)
+    (f, init, call) for f, recipe in RECIPES.items() for init, call in recipe.runtime
 ]
 SCENARIO_IDS = [f"{f}-{i}" for i, (f, _, _) in enumerate(SCENARIOS)]
 
@@ -162,7 +153,7 @@ def test_both_backends_get_identical_feeds(family, exported, checkpoint, referen
             assert sorted(a) == sorted(b)
             for name in a:
                 assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), name
-        if family == "gemma2_lightweight":
+        if RECIPES[family].export.get("compress_ratio", 1) > 1:
             assert any(name.startswith("compress_index") for name in got[0][1])
     # truncation bites at max_length 64 (the layout is longer than 64 for some pair), and the query cap changes ids
     rows = real_rows(recorded(ours, mine, pairs))
@@ -203,10 +194,15 @@ def test_batching_knobs_do_not_change_scores(family, runtimes, exported):
     assert_close(got, want[..., ::-1], f"{family}: chunk_size=3")
 
 
-@pytest.mark.parametrize("family,cutoffs", [("gemma", None), ("minicpm_layerwise", [2, 4, 6])])
-def test_padding_side_does_not_change_graph_outputs(family, cutoffs, exported):
+# The decoder kinds that pad on the tokenizer's side (the encoder needs <s> first; the lightweight kind forces right).
+EITHER_SIDE = [f for f, k in KIND.items() if get_kind(k).default_prompt and not get_kind(k).force_right_padding]
+
+
+@pytest.mark.parametrize("family", EITHER_SIDE)
+def test_padding_side_does_not_change_graph_outputs(family, exported):
     r, recorder = recording(load_artifact(exported(family)), runtime.FlagAutoReranker, max_length=64, batch_size=8)
     native = r.spec.padding_side  # the tokenizer's side, which compute_score uses for these kinds
+    cutoffs = exit_layers(r.spec) if get_kind(r.spec.model_class).takes_cutoff else None  # every exit at once
     calls = recorded(r, recorder, parity_pairs(), **({} if cutoffs is None else {"cutoff_layers": cutoffs}))
     assert len(calls) == 3
     outputs: dict[str, list[np.ndarray]] = {"left": [], "right": []}

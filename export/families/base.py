@@ -17,11 +17,8 @@ class FamilySpec:
     model_class: str  # the FlagEmbedding kind it is scored as
     architectures: tuple[str, ...]  # config.json "architectures" values that mean this family
     model_types: tuple[str, ...]  # config.json "model_type" values (fallback when architectures is absent)
-    tokenizer_style: str  # rerank_export.testing.tokenizers style for generated checkpoints
     build_model: Callable[[Config], Any]  # config -> torch module with the checkpoint's parameter names
     build_wrapper: Callable[[Any, Config, GraphRequest, dict], Any]  # (model, config, request, extras) -> nn.Module
-    sizes: dict[str, Config]  # "tiny" / "mid" config.json dicts for generated checkpoints
-    init_std: dict[str, float]  # weight init std per size (tiny models want wide score spreads)
     ignorable_keys: tuple[str, ...] = ()  # checkpoint tensors that are not part of the scoring model
     extra_inputs: Callable[[GraphRequest], tuple[str, ...]] = field(default=lambda request: ())
     # Layerwise kinds: (num_layers, start_layer, layer_sep) read from the config; None for single-score kinds.

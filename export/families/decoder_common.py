@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..models.decoder import DecoderConfig, DecoderModel
+from ..models.scoring import DecoderScorer
 
 
 class LayerHead(nn.Module):
@@ -47,17 +48,10 @@ def decoder_config(c: dict, **kw) -> DecoderConfig:
     )
 
 
-def gelu_tanh_config(**fields) -> dict:
-    return {
-        "hidden_act": "gelu_pytorch_tanh",
-        "hidden_activation": "gelu_pytorch_tanh",
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "initializer_range": 0.02,
-        "torch_dtype": "float32",
-        "use_cache": True,
-        **fields,
-    }
+def scorer(model: CausalLM, exits: list[tuple[int, torch.Tensor]], extras: dict, **options) -> DecoderScorer:
+    """The score graph over `exits`; extras["train"] (set only by the test-checkpoint trainer) keeps the head rows
+    attached to the weights, so that training reaches them."""
+    return DecoderScorer(model.model, exits, trainable=bool(extras.get("train")), **options)
 
 
 def layer_exits(model: CausalLM, request, head_of) -> list[tuple[int, torch.Tensor]]:

@@ -9,7 +9,7 @@ from rerank_runtime.spec import DECODER
 
 from ..models.decoder import DecoderConfig
 from .base import FamilySpec
-from .decoder_common import CausalLM, decoder_config, gelu_tanh_config
+from .decoder_common import CausalLM, decoder_config, scorer
 
 
 def _config(c: dict) -> DecoderConfig:
@@ -32,20 +32,10 @@ def build_model(c: dict) -> CausalLM:
 
 
 def build_wrapper(model: CausalLM, c: dict, request, extras: dict):
-    from ..models.scoring import DecoderScorer, SingleScore
+    from ..models.scoring import SingleScore
 
-    yes = extras["yes_token_id"]
-    row = model.lm_head_weight()[yes]
-    return SingleScore(DecoderScorer(model.model, [(model.model.cfg.num_layers, row)]))
-
-
-def _size(hidden, inter, layers, heads, kv, head_dim, vocab) -> dict:
-    return gelu_tanh_config(
-        architectures=["GemmaForCausalLM"], model_type="gemma", vocab_size=vocab, hidden_size=hidden,
-        intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
-        head_dim=head_dim, max_position_embeddings=8192, rms_norm_eps=1e-6, rope_theta=10000.0,
-        bos_token_id=2, eos_token_id=1, pad_token_id=0, tie_word_embeddings=True,
-    )
+    row = model.lm_head_weight()[extras["yes_token_id"]]
+    return SingleScore(scorer(model, [(model.model.cfg.num_layers, row)], extras))
 
 
 FAMILY = FamilySpec(
@@ -53,12 +43,7 @@ FAMILY = FamilySpec(
     model_class=DECODER,
     architectures=("GemmaForCausalLM",),
     model_types=("gemma",),
-    tokenizer_style="gemma",
     build_model=build_model,
     build_wrapper=build_wrapper,
-    # mid keeps the real model's proportions: 2048 -> 256 hidden, 8x MLP, MQA, and a vocabulary sized so that
-    # FlagEmbedding's full-vocabulary head is about a fifth of the compute, as in the real 2.5B model.
-    sizes={"tiny": _size(32, 64, 2, 4, 1, 8, 512), "mid": _size(256, 2048, 3, 8, 1, 32, 5376)},
-    init_std={"tiny": 0.2, "mid": 0.02},
     ignorable_keys=("lm_head.weight",),
 )

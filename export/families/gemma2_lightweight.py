@@ -13,7 +13,7 @@ from rerank_runtime.spec import LIGHTWEIGHT
 
 from ..models.decoder import DecoderConfig
 from .base import FamilySpec
-from .decoder_common import CausalLM, decoder_config, gelu_tanh_config, layer_exits
+from .decoder_common import CausalLM, decoder_config, layer_exits, scorer
 
 
 def _config(c: dict) -> DecoderConfig:
@@ -42,11 +42,9 @@ def build_model(c: dict) -> CausalLM:
 
 
 def build_wrapper(model: CausalLM, c: dict, request, extras: dict):
-    from ..models.scoring import DecoderScorer
-
     exits = layer_exits(model, request, lambda head: head)
-    return DecoderScorer(model.model, exits, request.compress_layers if request.compress_ratio > 1 else (),
-                         softcap=c.get("final_logit_softcapping"))
+    return scorer(model, exits, extras, stages=request.compress_layers if request.compress_ratio > 1 else (),
+                  softcap=c.get("final_logit_softcapping"))
 
 
 def extra_inputs(request) -> tuple[str, ...]:
@@ -55,28 +53,13 @@ def extra_inputs(request) -> tuple[str, ...]:
     return tuple(n for k in range(len(request.compress_layers)) for n in (f"compress_index_{k}", f"compress_weight_{k}"))
 
 
-def _size(hidden, inter, layers, heads, kv, head_dim, start) -> dict:
-    return gelu_tanh_config(
-        architectures=["CostWiseGemmaForCausalLM"], model_type="cost_wise_gemma", vocab_size=512,
-        hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
-        num_key_value_heads=kv, head_dim=head_dim, query_pre_attn_scalar=head_dim, max_position_embeddings=8192,
-        rms_norm_eps=1e-6, rope_theta=10000.0, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
-        sliding_window=4096, cache_implementation="hybrid", bos_token_id=2, eos_token_id=1, pad_token_id=0,
-        layer_wise=True, start_layer=start, layer_sep=1, tie_word_embeddings=True,
-    )
-
-
 FAMILY = FamilySpec(
     name="gemma2_lightweight",
     model_class=LIGHTWEIGHT,
     architectures=("CostWiseGemmaForCausalLM",),
     model_types=("cost_wise_gemma",),
-    tokenizer_style="gemma",
     build_model=build_model,
     build_wrapper=build_wrapper,
-    # real: 3584 hidden, 4x MLP, 42 layers, GQA 16/8 heads of 256, exits from layer 8
-    sizes={"tiny": _size(32, 64, 6, 4, 2, 8, 2), "mid": _size(256, 1024, 8, 4, 2, 64, 2)},
-    init_std={"tiny": 0.2, "mid": 0.02},
     extra_inputs=extra_inputs,
     layers=_layers,
 )

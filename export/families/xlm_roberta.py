@@ -23,29 +23,13 @@ def build_wrapper(model: XLMRobertaClassifier, c: dict, request, extras: dict):
     return model
 
 
-def _size(hidden, inter, layers, heads) -> dict:
-    return {
-        "architectures": ["XLMRobertaForSequenceClassification"], "model_type": "xlm-roberta",
-        "vocab_size": 512, "hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
-        "num_attention_heads": heads, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-        "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 514, "type_vocab_size": 1,
-        "initializer_range": 0.02, "layer_norm_eps": 1e-5, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
-        "position_embedding_type": "absolute", "classifier_dropout": None, "use_cache": True,
-        "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}, "torch_dtype": "float32",
-    }
-
-
 FAMILY = FamilySpec(
     name="xlm_roberta",
     model_class=ENCODER,
     architectures=("XLMRobertaForSequenceClassification",),
     model_types=("xlm-roberta",),
-    tokenizer_style="xlm-roberta",
     build_model=build_model,
     build_wrapper=build_wrapper,
-    # real base: 768 hidden, 12 layers, 4x MLP; mid keeps the 4x MLP at a third of the width and half the depth
-    sizes={"tiny": _size(32, 64, 2, 4), "mid": _size(256, 1024, 6, 4)},
-    init_std={"tiny": 0.2, "mid": 0.02},
     ignorable_keys=("roberta.embeddings.position_ids", "roberta.pooler.dense.weight", "roberta.pooler.dense.bias"),
     # positions start after the padding id (pad + 1 + i), so 514 position embeddings serve 512 tokens
     max_positions=lambda c: c["max_position_embeddings"] - c.get("pad_token_id", 1) - 1,

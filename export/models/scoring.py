@@ -15,11 +15,14 @@ from .decoder import DecoderModel, compress, head_dot, last_token, run_layers
 
 class DecoderScorer(nn.Module):
     def __init__(self, model: DecoderModel, exits: list[tuple[int, torch.Tensor]], stages: tuple[int, ...] = (),
-                 softcap: float | None = None):
+                 softcap: float | None = None, trainable: bool = False):
+        """trainable: keep the head rows attached to the weights they come from, so that a loss on the scores trains
+        the heads too (rerank_export.testing.training); a scorer for export or inference copies them."""
         super().__init__()
         self.model = model
         self.exit_layers = [layer for layer, _ in exits]
-        self.register_buffer("head_rows", torch.stack([w.detach().float().reshape(-1) for _, w in exits]))
+        rows = torch.stack([w.float().reshape(-1) for _, w in exits])
+        self.register_buffer("head_rows", rows if trainable else rows.detach())
         self.stages = tuple(stages)
         self.softcap = softcap
         bad = [s for s in self.stages if not 0 < s < max(self.exit_layers)]

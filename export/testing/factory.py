@@ -1,27 +1,43 @@
 """Deterministic tiny and mid checkpoints of every family, in the real checkpoints' Hugging Face layout.
 
-`write_checkpoint("gemma", "tiny", out_dir)` writes config.json, model.safetensors and the tokenizer files. The same
-family, size and code always give the same bytes; nothing is downloaded. FlagEmbedding 1.4.2 loads every one of them.
+`write_checkpoint("gemma", "tiny", out_dir)` writes config.json, model.safetensors and the tokenizer files with random
+weights; `write_trained_checkpoint` then trains such a checkpoint on the synthetic relevance task (training.py), so
+that its scores rank pairs. The same family, size and code always give the same bytes; nothing is downloaded.
+FlagEmbedding 1.4.2 loads every one of them. What each family's checkpoints look like is its recipe (recipes.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 from ..families import REGISTRY, get_family
 from ..output import fresh_dir, umask
+from .recipes import get_recipe
 
 SIZES = ("tiny", "mid")
-# Built-in demo model names: "<size>-<family>", e.g. "tiny-gemma2-lightweight".
-BUILTIN = {f"{size}-{name.replace('_', '-')}": (name, size) for name in REGISTRY for size in SIZES}
-# Padding side the generated tokenizer declares, as the real checkpoints do (FlagEmbedding uses it, except that the
-# lightweight class forces right padding).
-_PADDING_SIDE = {"xlm_roberta": "right", "gemma": "left", "minicpm_layerwise": "right", "gemma2_lightweight": "left"}
 FORMAT_VERSION = "1"  # bump when generated checkpoints change, so cached copies are rebuilt
+TRAINING_VERSION = "1"  # bump when the training code or the synthetic task changes, so trained copies are retrained
+
+
+class Builtin(NamedTuple):
+    family: str
+    size: str
+    trained: bool
+
+
+def builtin_name(family: str, size: str = "tiny", trained: bool = False) -> str:
+    """"<size>-<family with hyphens>[-trained]", e.g. "tiny-gemma2-lightweight-trained"."""
+    return f"{size}-{family.replace('_', '-')}{'-trained' if trained else ''}"
+
+
+BUILTIN = {builtin_name(f, size, trained): Builtin(f, size, trained)
+           for f in REGISTRY for size in SIZES for trained in (False, True)}
 
 
 def cache_root() -> Path:
@@ -29,58 +45,105 @@ def cache_root() -> Path:
 
 
 def builtin_checkpoint(name: str, root: Path | None = None) -> Path:
-    """The directory of a built-in model, generated on first use (atomically) and reused afterwards."""
-    family, size = BUILTIN[name]
-    out = (root or cache_root() / "checkpoints") / f"v{FORMAT_VERSION}" / name
+    """The directory of a built-in model, generated (and trained) on first use, atomically, and reused afterwards.
+
+    Trained models live under a key of the format and training versions and of the recipe itself, so that changing
+    any of them trains afresh instead of reusing a stale copy.
+    """
+    family, size, trained = BUILTIN[name]
+    base = root or cache_root() / "checkpoints"
+    if not trained:
+        out = base / f"v{FORMAT_VERSION}" / name
+        if not (out / "config.json").is_file():
+            write_checkpoint(family, size, out)
+        return out
+    out = base / f"v{FORMAT_VERSION}-trained" / f"{name}-{training_key(family, size)}"
     if not (out / "config.json").is_file():
-        write_checkpoint(family, size, out)
+        write_trained_checkpoint(family, size, out)
     return out
 
 
-def write_checkpoint(family_name: str, size: str, out_dir: str | Path) -> Path:
-    import torch
+def training_key(family: str, size: str) -> str:
+    """The cache key of a trained checkpoint: the factory's versions, the config, the init and the training recipe."""
+    recipe = get_recipe(family)
+    stamp = [FORMAT_VERSION, TRAINING_VERSION, recipe.sizes[size], recipe.init_std[size],
+             recipe.training[size].to_dict()]
+    return hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _staging(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return fresh_dir(out.parent, f".{out.name}-")
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move a finished checkpoint into place; an existing one at `out` is replaced."""
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def write_checkpoint(family_name: str, size: str, out_dir: str | Path, *, init_std: float | None = None) -> Path:
+    """A random checkpoint of `family_name` at `size`; init_std overrides the recipe's weight init std."""
+    out = Path(out_dir)
+    tmp = _staging(out)
+    try:
+        _generate(family_name, size, tmp, init_std)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def write_trained_checkpoint(family_name: str, size: str, out_dir: str | Path) -> Path:
+    """A checkpoint trained by the recipe's run, with a training.json that records the recipe and the run."""
+    recipe = get_recipe(family_name).training[size]
+    out = Path(out_dir)
+    tmp = _staging(out)
+    try:
+        from .training import train_checkpoint
+
+        _generate(family_name, size, tmp, recipe.init_std)
+        run = train_checkpoint(tmp, recipe)
+        record = {"family": family_name, "size": size, "training_version": TRAINING_VERSION,
+                  "recipe": recipe.to_dict(), "run": run}
+        (tmp / "training.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _generate(family_name: str, size: str, out: Path, init_std: float | None) -> None:
     from safetensors.torch import save_file
     from tokenizers import Tokenizer
 
     from .tokenizers import write_tokenizer
 
-    family = get_family(family_name)
-    if size not in family.sizes:
-        raise ValueError(f"size {size!r} is not one of {sorted(family.sizes)}")
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fresh_dir(out.parent, f".{out.name}-")
-    try:
-        write_tokenizer(family.tokenizer_style, tmp, padding_side=_PADDING_SIDE[family.name])
-        config = dict(family.sizes[size])
-        vocab = Tokenizer.from_file(str(tmp / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
-        config["vocab_size"] = max(config["vocab_size"], vocab)
-        config["transformers_version"] = "4.47.1"
-        model = family.build_model(config)
-        state = {k: _init(k, v, family.init_std[size], family.name) for k, v in model.state_dict().items()}
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        os.chmod(tmp / "model.safetensors", 0o666 & ~umask())  # safetensors writes 0600
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    del torch
-    return out
+    family, recipe = get_family(family_name), get_recipe(family_name)
+    if size not in recipe.sizes:
+        raise ValueError(f"size {size!r} is not one of {sorted(recipe.sizes)}")
+    write_tokenizer(recipe.tokenizer_style, out, padding_side=recipe.padding_side)
+    config = dict(recipe.sizes[size])
+    vocab = Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+    config["vocab_size"] = max(config["vocab_size"], vocab)
+    config["transformers_version"] = "4.47.1"
+    model = family.build_model(config)
+    std = recipe.init_std[size] if init_std is None else init_std
+    state = {k: _init(k, v, std, family.name, recipe.norm_weight) for k, v in model.state_dict().items()}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
+    os.chmod(out / "model.safetensors", 0o666 & ~umask())  # safetensors writes 0600
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def _init(name: str, like, std: float, family: str):
+def _init(name: str, like, std: float, family: str, norm_weight: float):
     """A parameter drawn from its own generator, seeded by its name: independent of construction order."""
     import torch
 
     gen = torch.Generator().manual_seed(zlib.crc32(f"{family}/{name}".encode()))
     noise = torch.randn(like.shape, generator=gen, dtype=torch.float32)
     if "norm" in name.lower():
-        if name.endswith("bias"):
-            return noise * 0.1
-        # Gemma's RMSNorm multiplies by (1 + w), the others by w: both end near 1.
-        plus_one = family in ("gemma", "gemma2_lightweight") and "LayerNorm" not in name
-        return noise * 0.1 if plus_one else 1.0 + noise * 0.1
+        return noise * 0.1 + (0.0 if name.endswith("bias") else norm_weight)
     return noise * std

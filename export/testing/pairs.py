@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import random
+import re
 
 from rerank_runtime.errors import UnsupportedRequestError
 
-from .corpus import MULTILINGUAL, NOUNS, PLACES, PROMPT, TOPICS, english_sentences
+from .corpus import MULTILINGUAL, NAMES, NOUNS, PLACES, PROMPT, TOPICS, english_sentences
 
 _SEED = 11
 
@@ -88,3 +89,41 @@ def benchmark_pairs(n: int, seed: int = 0, min_tokens: int = 32, max_tokens: int
         words = _passage(sentences, rng.randrange(len(sentences)), target).split()
         pairs.append([queries[rng.randrange(len(queries))], " ".join(words[:target])])
     return pairs
+
+
+QUERY_TEMPLATES = ("{}", "what is the {}?", "where is the {}?", "find {}", "tell me about {}")
+# The words queries are made of: the corpus' names and places (few enough that a tiny model learns to tell them apart
+# in a few hundred steps, and frequent in the tokenizers' corpus, so each is one or two tokens).
+QUERY_WORDS = (*NAMES, *PLACES)
+
+
+def relevance_pairs(n: int, seed: int, max_sentences: int = 3) -> tuple[list[list[str]], list[float]]:
+    """`n` [query, passage] pairs of the synthetic relevance task and their grades in [0, 1].
+
+    A query names two or three QUERY_WORDS; its passage (1..max_sentences corpus sentences) holds all of them, some
+    or none (a third of the pairs each), and the grade is the share it holds. A word the passage should hold is
+    used where the sentences already have it, else inserted between two words; a word it should not hold does not
+    occur in it at all, not even inside a longer word. The same arguments always give the same pairs.
+    """
+    rng = random.Random(seed)
+    sentences = english_sentences(2000, seed=seed)
+    pairs: list[list[str]] = []
+    grades: list[float] = []
+    for i in range(n):
+        words = " ".join(rng.choice(sentences) for _ in range(rng.randint(1, max_sentences))).split(" ")
+        passage = " ".join(words)
+        whole = set(re.findall(r"[A-Za-z]+", passage))
+        present = [w for w in QUERY_WORDS if w in whole]
+        absent = [w for w in QUERY_WORDS if w.lower() not in passage.lower()]
+        k = rng.choice((2, 3))
+        hits = (k, rng.randint(1, k - 1), 0)[i % 3]
+        found = rng.sample(present, min(hits, len(present)))
+        inserted = rng.sample(absent, hits - len(found))
+        missing = rng.sample([w for w in absent if w not in inserted], k - hits)
+        for word in inserted:
+            words.insert(rng.randint(0, len(words)), word)
+        query = found + inserted + missing
+        rng.shuffle(query)
+        pairs.append([rng.choice(QUERY_TEMPLATES).format(" ".join(query)), " ".join(words)])
+        grades.append(hits / k)
+    return pairs, grades
