@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tokenizers import Tokenizer
 
 from .errors import ArtifactError, ManifestMismatchError
+from .jsonfields import JsonObject
 from .kinds import get_kind
 from .layout import SEPARATOR, pair_template, plain_tokenizer, text_ids
 from .spec import YES_TEXT, ModelSpec
@@ -38,6 +39,16 @@ class FileRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {"bytes": self.bytes, "sha256": self.sha256}
+
+    @classmethod
+    def records(cls, files: JsonObject) -> dict[str, FileRecord]:
+        """manifest.json's "files": {file name: {bytes, sha256}}."""
+        out: dict[str, FileRecord] = {}
+        for name in files.d:
+            record = files.obj(name)
+            record.known(("bytes", "sha256"))
+            out[name] = cls(record.integer("bytes", 0), record.sha256("sha256"))
+        return out
 
 
 def atomic_write(path: Path, data: bytes | memoryview) -> None:
@@ -104,6 +115,14 @@ class TokenLayout:
         d = asdict(self)
         d["separator_ids"], d["prompt_ids"] = list(self.separator_ids), list(self.prompt_ids)
         return d
+
+    @classmethod
+    def from_json(cls, layout: JsonObject) -> TokenLayout:
+        layout.known(("vocab_size", "pad_token", "bos_token", "separator_ids", "prompt_ids"))
+        return cls(vocab_size=layout.integer("vocab_size", 1), pad_token=layout.text("pad_token"),
+                   bos_token=layout.optional_text("bos_token"),
+                   separator_ids=tuple(layout.integers("separator_ids", 0)),
+                   prompt_ids=tuple(layout.integers("prompt_ids", 0)))
 
 
 def read_tokenizer(path: Path) -> Tokenizer:

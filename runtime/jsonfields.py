@@ -8,6 +8,7 @@ from typing import Any
 from .errors import ArtifactError
 
 HINT = "fix the file or re-export the artifact with `rerank-export`"
+_HEX = frozenset("0123456789abcdef")
 
 
 class JsonObject:
@@ -44,6 +45,12 @@ class JsonObject:
         v = self.get(key)
         if v is not None and (not isinstance(v, str) or not v):
             raise self.fail(key, "null or a non-empty string", v)
+        return v
+
+    def sha256(self, key: str) -> str:
+        v = self.text(key)
+        if len(v) != 64 or not set(v) <= _HEX:
+            raise self.fail(key, "64 lowercase hex digits", v)
         return v
 
     def filename(self, key: str) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError, ManifestMismatchError
-from .graph_io import ORT_TYPES, graph_io
+from .graph_io import GraphInfo, TensorSpec
 from .compression import plan_inputs
 from .integrity import (FileRecord, TokenLayout, atomic_write, check_tokenizer, describe_tokenizer, read_tokenizer,
                         record_file)
@@ -31,6 +31,8 @@ from .kinds import KINDS, get_kind
 from .spec import TOKEN_INPUTS, ModelSpec, SpecFieldError, exit_name
 from .trt_engine import EngineRecord
 
+__all__ = ["MANIFEST_FILE", "PRECISIONS", "SCHEMA_VERSION", "GraphInfo", "Manifest", "TensorSpec"]
+
 SCHEMA_VERSION = 3
 MANIFEST_FILE = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -38,32 +40,6 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 _KEYS = ("schema_version", "format", "model_name", "source", "family", "spec", "precision", "graph", "exits",
          "compress_ratio", "compress_layers", "defaults", "token_layout", "max_length", "max_sequence_length",
          "tokenizer", "files", "tensorrt", "versions", "verification")
-_LAYOUT_KEYS = ("vocab_size", "pad_token", "bos_token", "separator_ids", "prompt_ids")
-_SHA256_DIGITS = frozenset("0123456789abcdef")
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output: dims are ints (fixed) or axis names (dynamic)."""
-
-    name: str
-    dtype: str
-    shape: tuple[int | str, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-
-@dataclass(frozen=True)
-class GraphInfo:
-    file: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    external_data: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "external_data": list(self.external_data),
-                "inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}
 
 
 @dataclass(frozen=True)
@@ -164,12 +140,12 @@ class Manifest:
         tensorrt = None if top.get("tensorrt") is None else EngineRecord.from_json(top.obj("tensorrt"))
         manifest = cls(
             model_name=top.text("model_name"), source=top.text("source"), family=top.text("family"), spec=spec,
-            precision=top.choice("precision", PRECISIONS), graph=_graph(top.obj("graph")),
+            precision=top.choice("precision", PRECISIONS), graph=GraphInfo.from_json(top.obj("graph")),
             max_length=top.integer("max_length", 1), max_sequence_length=top.integer("max_sequence_length", 1),
             exits=_exits(top), compress_ratio=top.integer("compress_ratio", 1),
             compress_layers=tuple(top.integers("compress_layers", 1)), defaults=top.obj("defaults").d,
-            token_layout=_token_layout(top.obj("token_layout")), tokenizer=top.filename("tokenizer"),
-            files=_files(top.obj("files")), tensorrt=tensorrt, versions=_versions(top),
+            token_layout=TokenLayout.from_json(top.obj("token_layout")), tokenizer=top.filename("tokenizer"),
+            files=FileRecord.records(top.obj("files")), tensorrt=tensorrt, versions=_versions(top),
             verification=top.obj("verification").d, schema_version=SCHEMA_VERSION, format="onnx",
         )
         manifest._check_consistency(where)
@@ -267,31 +243,9 @@ class Manifest:
         return tuple(exit_name(layer, head) for layer, head in self.exits) if self.exits else ("score",)
 
     def validate_against(self, session_or_io: Any, where: str | None = None) -> None:
-        """Check that a graph's inputs and outputs match this manifest (names, element types and ranks).
-
-        session_or_io: an onnxruntime.InferenceSession (anything with get_inputs()/get_outputs() returning objects
-        with .name, .type and .shape), or a mapping {"inputs": {name: dtype}, "outputs": {name: dtype}} whose dtypes
-        are manifest names ("int64"), ONNX Runtime type strings ("tensor(int64)") or None (not compared).
-        """
-        found = graph_io(session_or_io)
-        problems: list[str] = []
-        for side in ("inputs", "outputs"):
-            want = {t.name: t for t in getattr(self.graph, side)}
-            have = found[side]
-            if set(want) != set(have):
-                problems.append(f"{side}: manifest has {sorted(want)}, graph has {sorted(have)}")
-                continue
-            for name, spec in want.items():
-                dtype, rank = have[name]
-                if dtype is not None and dtype != spec.dtype:
-                    problems.append(f"{side[:-1]} {name!r}: manifest dtype {spec.dtype}, graph dtype {dtype}")
-                if rank is not None and rank != len(spec.shape):
-                    problems.append(f"{side[:-1]} {name!r}: manifest shape {list(spec.shape)}, graph rank {rank}")
-        if problems:
-            raise ManifestMismatchError(
-                f"manifest.json and {where or self.graph.file} disagree: " + "; ".join(problems)
-                + "; the files come from different exports: re-export the artifact with `rerank-export`"
-            )
+        """ManifestMismatchError unless a graph's inputs and outputs match this manifest's (GraphInfo.check: names,
+        element types, ranks). session_or_io: an onnxruntime.InferenceSession or an io mapping."""
+        self.graph.check(session_or_io, where)
 
 
 # --- parsing helpers -------------------------------------------------------------------------------------------------
@@ -317,49 +271,6 @@ def _spec(top: JsonObject) -> ModelSpec:
         raise ArtifactError(f"{top.where}: field 'spec.{exc.field}' {exc.problem}; {_HINT}") from exc
     except ValueError as exc:
         raise ArtifactError(f"{top.where}: field 'spec' is invalid: {exc}; {_HINT}") from exc
-
-
-def _files(files: JsonObject) -> dict[str, FileRecord]:
-    out: dict[str, FileRecord] = {}
-    for name in files.d:
-        record = files.obj(name)
-        record.known(("bytes", "sha256"))
-        digest = record.text("sha256")
-        if len(digest) != 64 or not set(digest) <= _SHA256_DIGITS:
-            raise record.fail("sha256", "64 lowercase hex digits", digest)
-        out[name] = FileRecord(record.integer("bytes", 0), digest)
-    return out
-
-
-def _token_layout(layout: JsonObject) -> TokenLayout:
-    layout.known(_LAYOUT_KEYS)
-    return TokenLayout(vocab_size=layout.integer("vocab_size", 1), pad_token=layout.text("pad_token"),
-                       bos_token=layout.optional_text("bos_token"),
-                       separator_ids=tuple(layout.integers("separator_ids", 0)),
-                       prompt_ids=tuple(layout.integers("prompt_ids", 0)))
-
-
-def _graph(g: JsonObject) -> GraphInfo:
-    g.known(("file", "external_data", "inputs", "outputs"))
-    names = g.array("external_data")
-    if not all(isinstance(n, str) and n and n == os.path.basename(n) for n in names):
-        raise g.fail("external_data", "a list of file names inside the export directory", names)
-    return GraphInfo(file=g.filename("file"), inputs=_tensors(g, "inputs"), outputs=_tensors(g, "outputs"),
-                     external_data=tuple(names))
-
-
-def _tensors(g: JsonObject, key: str) -> tuple[TensorSpec, ...]:
-    items = g.array(key)
-    if not items:
-        raise g.fail(key, "a non-empty list of {name, dtype, shape}", items)
-    out: list[TensorSpec] = []
-    for i, item in enumerate(items):
-        t = JsonObject(item, f"{g.path}{key}[{i}].", g.where)
-        shape = t.array("shape")
-        if not all((is_int(d) and d >= 1) or (isinstance(d, str) and d) for d in shape):
-            raise t.fail("shape", "a list of positive ints or axis names", shape)
-        out.append(TensorSpec(t.text("name"), t.choice("dtype", tuple(ORT_TYPES)), tuple(shape)))
-    return tuple(out)
 
 
 def _exits(top: JsonObject) -> tuple[tuple[int, int], ...]:

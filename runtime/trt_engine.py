@@ -105,9 +105,7 @@ class EngineRecord:
     @classmethod
     def from_json(cls, t: JsonObject) -> EngineRecord:
         t.known(_RECORD_KEYS)
-        digest = t.text("engine_sha256")
-        if len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
-            raise t.fail("engine_sha256", "64 lowercase hex digits", digest)
+        digest = t.sha256("engine_sha256")
         items = t.array("profiles")
         profiles = tuple(Profile.from_json(JsonObject(item, f"{t.path}profiles[{i}].", t.where))
                          for i, item in enumerate(items))
