@@ -105,7 +105,7 @@ class ReferenceFront:
         if layers:
             n, start, sep = layers
             heads = len(range(start, n + 1, sep))
-            bad = [(l, h) for l, h in request.exits if not (0 <= l <= n and 0 <= h < heads)]
+            bad = [(layer, h) for layer, h in request.exits if not (0 <= layer <= n and 0 <= h < heads)]
             if bad:
                 raise UnsupportedRequestError(f"exits {bad} are outside layers 0..{n} / heads 0..{heads - 1}")
         if request.compress_ratio > 1 and not family.extra_inputs(request):

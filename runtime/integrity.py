@@ -66,8 +66,11 @@ def atomic_write(path: Path, data: bytes | memoryview) -> None:
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        while chunk := f.read(1 << 20):  # hashlib.file_digest is Python 3.11+; this package supports 3.10
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def record_file(path: str | os.PathLike[str]) -> FileRecord:
@@ -173,7 +176,7 @@ def tokenizer_mismatches(tokenizer: Tokenizer, spec: ModelSpec, layout: TokenLay
                                                                   spec.pair_suffix), pair_template(tok))
         return found
     differ("separator ids", layout.separator_ids, tuple(text_ids(tok, SEPARATOR)))
-    differ("default prompt ids", layout.prompt_ids, tuple(text_ids(tok, kind.default_prompt)))
+    differ("default prompt ids", layout.prompt_ids, tuple(text_ids(tok, kind.default_prompt or "")))
     differ(f"first id of {YES_TEXT!r} (spec.yes_token_id)", spec.yes_token_id, (text_ids(tok, YES_TEXT) or [None])[0])
     return found
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError, ManifestMismatchError
+from .errors import ArtifactError
 from .graph_io import GraphInfo, TensorSpec
 from .compression import plan_inputs
 from .integrity import (FileRecord, TokenLayout, atomic_write, check_tokenizer, describe_tokenizer, read_tokenizer,

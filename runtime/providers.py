@@ -22,7 +22,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Union
 
 from ._deps import install_hint, require
 from .cudart import visible_cuda_devices
@@ -120,7 +120,7 @@ def device_names(devices: DeviceArg, gpu_default: bool = False) -> list[str]:
     anything else raises ProviderUnavailableError naming what is accepted."""
     if devices is None:
         return ["cuda:0" if gpu_default else "cpu"]
-    items: list[object] = [devices] if isinstance(devices, (str, numbers.Integral)) else list(devices)
+    items: list[object] = [devices] if isinstance(devices, (str, int, numbers.Integral)) else list(devices)
     if not items:
         raise ProviderUnavailableError("devices is an empty list; pass 'cpu', 'cuda:N', an index, or a list of those")
     names = [_device_name(d) for d in items]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -31,6 +31,26 @@ class Reranker:
     constructor (an export directory), FlagAutoReranker.from_finetuned, or from_loaded (a loaded model)."""
 
     _KIND: ClassVar[str]
+    # the constructor's settings, kept as instance attributes (as FlagEmbedding keeps them); _setup sets them
+    model_name_or_path: str
+    query_instruction_for_rerank: str | None
+    query_instruction_format: str
+    passage_instruction_for_rerank: str | None
+    passage_instruction_format: str
+    batch_size: int
+    max_length: int
+    query_max_length: int | None
+    normalize: bool
+    max_batch_tokens: int | None
+    chunk_size: int
+    non_finite: str
+    verify_hashes: bool
+    cutoff_layers: Layers  # the layer classes
+    compress_ratio: int | None  # the lightweight class
+    compress_layers: Layers
+
+    if TYPE_CHECKING:  # the subclasses spell out FlagEmbedding's signatures
+        def __init__(self, model_name_or_path: str, *args: Any, **kwargs: Any) -> None: ...
 
     def _setup(self, model_name_or_path: str, settings: dict[str, Any], unknown: dict[str, Any]) -> None:
         kind = get_kind(self._KIND)
@@ -43,7 +63,7 @@ class Reranker:
             setattr(self, name, value)
         if loaded is None:
             loaded = self._load(model_name_or_path, devices=settings["devices"], use_fp16=settings["use_fp16"],
-                                use_bf16=settings.get("use_bf16", False), provider=settings["provider"])  # fmt: skip
+                                use_bf16=settings.get("use_bf16", False), provider=settings["provider"])
         if loaded.spec.model_class != kind.model_class:
             raise UnsupportedRequestError(
                 f"{model_name_or_path!r} holds a {loaded.spec.model_class} model, which {type(self).__name__} "
@@ -53,7 +73,7 @@ class Reranker:
         self.spec, self.tokenizer, self.front = loaded.spec, loaded.tokenizer, loaded.front
         self._limits = Limits(loaded.spec.max_positions, loaded.max_length)
         instructions = Instructions(self.query_instruction_for_rerank, self.query_instruction_format,
-                                    self.passage_instruction_for_rerank, self.passage_instruction_format)  # fmt: skip
+                                    self.passage_instruction_for_rerank, self.passage_instruction_format)
         self._scorer = Scorer(loaded.spec, kind, plain_tokenizer(loaded.tokenizer), loaded.front, instructions)
         plan, _ = self._plan({})  # fail fast on invalid instance settings: lengths, layers, compression
         self.front.check(plan.request)
@@ -77,12 +97,12 @@ class Reranker:
                 self.compress_layers = list(loaded.defaults.get("compress_layers", DEFAULT_COMPRESS_LAYERS))
 
     def _load(self, model_name_or_path: str, *, devices: Devices, use_fp16: bool, use_bf16: bool,
-              provider: str | None) -> Loaded:  # fmt: skip
+              provider: str | None) -> Loaded:
         """Load the export directory (when the constructor was given no `loaded` bundle)."""
         from .artifact import load_artifact
 
         return load_artifact(model_name_or_path, model_class=self._KIND, devices=devices, use_fp16=use_fp16,
-                             use_bf16=use_bf16, provider=provider, verify_hashes=self.verify_hashes)  # fmt: skip
+                             use_bf16=use_bf16, provider=provider, verify_hashes=self.verify_hashes)
 
     def _prompt(self, value: str | None) -> str | None:
         """Call value, else instance value, else the class's default prompt; None for the encoder."""

@@ -38,7 +38,7 @@ class FlagReranker(Reranker):
                  batch_size: int = 128, query_max_length: int | None = None, max_length: int = 512,
                  normalize: bool = False, *, provider: str | None = None, max_batch_tokens: int | None = None,
                  chunk_size: int = 8192, non_finite: str = "raise", verify_hashes: bool = True,
-                 loaded: Loaded | None = None, **kwargs: Any) -> None:  # fmt: skip
+                 loaded: Loaded | None = None, **kwargs: Any) -> None:
         settings = {k: v for k, v in locals().items() if k not in ("self", "model_name_or_path", "kwargs", "__class__")}
         self._setup(model_name_or_path, settings, kwargs)
 
@@ -56,7 +56,7 @@ class FlagLLMReranker(Reranker):
                  batch_size: int = 128, query_max_length: int | None = None, max_length: int = 512,
                  normalize: bool = False, *, provider: str | None = None, max_batch_tokens: int | None = None,
                  chunk_size: int = 8192, non_finite: str = "raise", verify_hashes: bool = True,
-                 loaded: Loaded | None = None, **kwargs: Any) -> None:  # fmt: skip
+                 loaded: Loaded | None = None, **kwargs: Any) -> None:
         settings = {k: v for k, v in locals().items() if k not in ("self", "model_name_or_path", "kwargs", "__class__")}
         self._setup(model_name_or_path, settings, kwargs)
 
@@ -74,7 +74,7 @@ class LayerWiseFlagLLMReranker(Reranker):
                  prompt: str | None = None, batch_size: int = 128, query_max_length: int | None = None,
                  max_length: int = 512, normalize: bool = False, *, provider: str | None = None,
                  max_batch_tokens: int | None = None, chunk_size: int = 8192, non_finite: str = "raise",
-                 verify_hashes: bool = True, loaded: Loaded | None = None, **kwargs: Any) -> None:  # fmt: skip
+                 verify_hashes: bool = True, loaded: Loaded | None = None, **kwargs: Any) -> None:
         settings = {k: v for k, v in locals().items() if k not in ("self", "model_name_or_path", "kwargs", "__class__")}
         self._setup(model_name_or_path, settings, kwargs)
 
@@ -96,13 +96,13 @@ class LightWeightFlagLLMReranker(Reranker):
                  batch_size: int = 128, query_max_length: int | None = None, max_length: int = 512,
                  normalize: bool = False, *, provider: str | None = None, max_batch_tokens: int | None = None,
                  chunk_size: int = 8192, non_finite: str = "raise", verify_hashes: bool = True,
-                 loaded: Loaded | None = None, **kwargs: Any) -> None:  # fmt: skip
+                 loaded: Loaded | None = None, **kwargs: Any) -> None:
         settings = {k: v for k, v in locals().items() if k not in ("self", "model_name_or_path", "kwargs", "__class__")}
         self._setup(model_name_or_path, settings, kwargs)
 
 
 _PUBLIC: tuple[type[Reranker], ...] = (FlagReranker, FlagLLMReranker, LayerWiseFlagLLMReranker,
-                                        LightWeightFlagLLMReranker)  # fmt: skip
+                                        LightWeightFlagLLMReranker)
 
 
 class FlagAutoReranker:
@@ -117,7 +117,7 @@ class FlagAutoReranker:
 
     @classmethod
     def from_finetuned(cls, model_name_or_path: str, model_class: Any = None, use_fp16: bool = False,
-                       trust_remote_code: bool | None = None, **kwargs: Any) -> Reranker:  # fmt: skip
+                       trust_remote_code: bool | None = None, **kwargs: Any) -> Reranker:
         """model_class: one of the four RerankerModelClass strings (or the enum); None detects it from the path."""
         if model_class is None:
             name = cls._detect_model_class(model_name_or_path)

@@ -43,7 +43,7 @@ class Model:
         self.cutoff_layers = self._servable_layers()
         self.info = {"model_name": model_name, "model_class": reranker.spec.model_class, "max_length": self.max_length,
                      "cutoff_layers": self.cutoff_layers, "default_cutoff_layer": self._default_layer(),
-                     "concurrency": self.concurrency, **(info or {})}  # fmt: skip
+                     "concurrency": self.concurrency, **(info or {})}
 
     def _servable_layers(self) -> list[int]:
         """The layers a request may pick with cutoff_layer: those whose single-layer call this export serves."""
@@ -112,7 +112,7 @@ def load(settings: ServeSettings) -> Model:
     reranker = FlagAutoReranker.from_finetuned(
         settings.export_dir, devices=devices, provider=settings.provider,
         max_batch_tokens=settings.max_batch_tokens, max_length=manifest.max_length,
-    )  # fmt: skip
+    )
     backends = backends_of(reranker.front.backend)  # load_artifact's front is a GraphFront
     placements = [b.placement for b in backends if isinstance(b, OnnxBackend)]  # what the runtime resolved
     info = {"family": manifest.family, "precision": manifest.precision,
@@ -122,7 +122,7 @@ def load(settings: ServeSettings) -> Model:
             "score": "raw logit from the graph; routes apply a float64 sigmoid unless raw scores are asked for",
             "exported_with": dict(manifest.versions), "verification": dict(manifest.verification),
             "engine": None if manifest.tensorrt is None else manifest.tensorrt.build_settings(),
-            "versions": _versions()}  # fmt: skip
+            "versions": _versions()}
     return Model(reranker, settings.model_name or manifest.model_name, info)
 
 

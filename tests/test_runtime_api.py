@@ -58,7 +58,7 @@ def test_return_types(family, loaded):
     else:
         assert isinstance(many, list) and len(many) == exits
         assert all(isinstance(row, list) and len(row) == len(PAIRS) and all(type(x) is float for x in row)
-                   for row in many)  # fmt: skip
+                   for row in many)
     table = np.asarray(many)
     for i, pair in ((0, PAIRS[0]), (3, tuple(PAIRS[3]))):  # a pair as a list and as a tuple
         one = r.compute_score(pair)
@@ -125,7 +125,7 @@ def copy_export(src: Path, dst: Path) -> Path:
     ("model.onnx", ArtifactError, r"model file .*model\.onnx is missing"),
     ("manifest.json", ArtifactError, r"has no manifest\.json"),
     ("tokenizer.json", ArtifactError, r"tokenizer file .*tokenizer\.json is missing"),
-])  # fmt: skip
+])
 def test_missing_files(name, error, match, exported, tmp_path):
     broken = copy_export(exported("xlm_roberta"), tmp_path / "export")
     (broken / name).unlink()
@@ -159,7 +159,7 @@ def test_not_an_export(checkpoint, tmp_path):
     ([[None, "p"]], TypeError, r"sentence_pairs\[0\]\[0\] \(the query\) must be a str"),
     ([["q", "p"], None], TypeError, r"sentence_pairs\[1\] must be a \[query, passage\]"),
     (("q",), ValueError, r"sentence_pairs must hold exactly two"),
-])  # fmt: skip
+])
 def test_bad_pairs_name_the_index(pairs, error, match, loaded):
     with pytest.raises(error, match=match):
         loaded("gemma").compute_score(pairs)

@@ -105,7 +105,7 @@ def test_every_registered_family_has_scenarios():
 def oracle(checkpoint, reference_call):
     jobs = [{"checkpoint": str(checkpoint(f)), "model_class": KIND[f], "init": init,
              "call": reference_call(f, call), "pairs": parity_pairs(), "capture_ids": False}
-            for f, init, call in SCENARIOS]  # fmt: skip
+            for f, init, call in SCENARIOS]
     return run_oracle(jobs)
 
 

@@ -35,10 +35,10 @@ SPECS = {
     DECODER: ModelSpec(DECODER, pad_token_id=1, padding_side="left", bos_token_id=0),
     LAYERWISE: ModelSpec(LAYERWISE, pad_token_id=1, padding_side="left", bos_token_id=0, num_layers=6, start_layer=2),
     LIGHTWEIGHT: ModelSpec(LIGHTWEIGHT, pad_token_id=1, padding_side="left", bos_token_id=0, num_layers=6,
-                           start_layer=2),  # fmt: skip
+                           start_layer=2),
 }
 CLASSES = {ENCODER: FlagReranker, DECODER: FlagLLMReranker, LAYERWISE: LayerWiseFlagLLMReranker,
-           LIGHTWEIGHT: LightWeightFlagLLMReranker}  # fmt: skip
+           LIGHTWEIGHT: LightWeightFlagLLMReranker}
 
 
 def row_score(values: list[float], layer: int = 0, head: int = 0) -> float:
@@ -89,17 +89,17 @@ class FakeBackend:
                     w = feeds[f"compress_weight_{k}"]
                     h, m = apply_plan(h, feeds[f"compress_index_{k}"], w.astype(np.float64)), plan_mask(w)
             outs.append(np.array([row_score(list(h[b, m[b] == 1, 0]), layer, head) for b in range(len(ids))],
-                                 dtype=np.float32))  # fmt: skip
+                                 dtype=np.float32))
         return outs
 
 
 def bundle(model_class: str, backend: FakeBackend | None = None, defaults: dict[str, Any] | None = None,
-           spec: ModelSpec | None = None) -> Loaded:  # fmt: skip
+           spec: ModelSpec | None = None) -> Loaded:
     return Loaded(spec or SPECS[model_class], char_tokenizer(), backend or FakeBackend(), defaults or {})
 
 
 def make(model_class: str, backend: FakeBackend | None = None, defaults: dict[str, Any] | None = None,
-         spec: ModelSpec | None = None, **kwargs: Any) -> Any:  # fmt: skip
+         spec: ModelSpec | None = None, **kwargs: Any) -> Any:
     return CLASSES[model_class].from_loaded(bundle(model_class, backend, defaults, spec), "tiny", **kwargs)
 
 
@@ -158,7 +158,7 @@ def test_lightweight_layer_sep_and_cutoff_types() -> None:
 )
 def test_compression_stages(cutoff: Any, ratio: int, layers: Any, want: tuple[int, tuple[int, ...]]) -> None:
     request = build_request(KINDS[LIGHTWEIGHT], SPECS[LIGHTWEIGHT], cutoff_layers=cutoff, compress_ratio=ratio,
-                            compress_layers=layers)  # fmt: skip
+                            compress_layers=layers)
     assert (request.compress_ratio, request.compress_layers) == want
 
 
@@ -411,7 +411,7 @@ def compress_row(values: list[float], ql: int, pl: int, r: int) -> list[float]:
 def test_lightweight_compression_end_to_end() -> None:
     prompt = "ok?"
     r = make(LIGHTWEIGHT, FakeBackend(), batch_size=4, cutoff_layers=[3, 6], compress_ratio=3,
-             compress_layers=[2, 4], prompt=prompt, max_length=40)  # fmt: skip
+             compress_layers=[2, 4], prompt=prompt, max_length=40)
     got = r.compute_score(PAIRS[:9])
     for i, (q, p) in enumerate(PAIRS[:9]):
         query = [0] + t("A: " + q) + NL  # max_length 40: nothing is truncated

@@ -25,12 +25,11 @@ import pytest
 from rerank_export import tensorrt_build as tb
 from rerank_runtime import trt_backend as tbe
 from gpu_env import why_no_gpu
-from rerank_runtime.errors import (ArtifactError, EngineError, ExportError, ManifestMismatchError,
-                                   MissingDependencyError, UnsupportedRequestError)
+from rerank_runtime.errors import (ArtifactError, EngineError, ExportError, MissingDependencyError, UnsupportedRequestError)
 from rerank_runtime.front import GraphFront, ServedGraph
 from rerank_runtime.manifest import Manifest
 from rerank_runtime.providers import DEFAULT_MAX_BATCH
-from rerank_runtime.spec import DECODER, ENCODER, LAYERWISE, LIGHTWEIGHT, GraphRequest
+from rerank_runtime.spec import ENCODER, LAYERWISE, LIGHTWEIGHT, GraphRequest
 from tiny_export import expected, ort_cpu, tiny_export, tiny_feeds, tiny_manifest
 
 B = DEFAULT_MAX_BATCH  # the default largest batch of every profile

@@ -54,7 +54,7 @@ def run_script(text: str, folder: Path, pairs: list[list[str]]) -> dict[str, Any
     path = folder / "score.py"
     path.write_text(text)
     proc = subprocess.run([sys.executable, str(path)], input=json.dumps(pairs), capture_output=True, text=True,
-                          cwd=folder, timeout=300, check=False)  # fmt: skip
+                          cwd=folder, timeout=300, check=False)
     assert proc.returncode == 0, f"{path} failed:\n{proc.stderr[-3000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
