@@ -21,6 +21,7 @@ pytest.importorskip("starlette", reason="the serve extra is not installed")
 cohere = pytest.importorskip("cohere")
 
 from rerank_runtime import FlagAutoReranker  # noqa: E402
+from rerank_runtime.manifest import Manifest  # noqa: E402
 from rerank_serve.app import create_app  # noqa: E402
 from rerank_serve.model import load  # noqa: E402
 from rerank_serve.scheduler import LocalEngine  # noqa: E402
@@ -110,11 +111,12 @@ def test_cohere_v1_client_with_documents(server, offline):
     assert len(plain.results) == 1 and plain.results[0].document is None
 
 
-def test_jina_style_v1_request_has_usage_and_model(server):
+def test_jina_style_v1_request_has_usage_and_model(server, encoder):
     r = httpx.post(server.url + "/v1/rerank", headers=auth(),
                    json={"model": "jina-reranker", "query": QUERY, "documents": DOCS[:2]})
     body = r.json()
-    assert body["model"] == "tiny-xlm-roberta" and body["usage"]["total_tokens"] > 0
+    assert body["model"] == Manifest.read(encoder).model_name  # the export's name (no --model-name given)
+    assert body["model"].startswith("tiny-xlm-roberta") and body["usage"]["total_tokens"] > 0
     assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"]
     assert all(x["document"]["text"] == DOCS[x["index"]] for x in body["results"])  # Jina's default: documents back
 
