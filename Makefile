@@ -5,7 +5,7 @@ ORACLE := .venv-oracle
 PY := $(VENV)/bin/python
 PIP_FLAGS := --disable-pip-version-check -q
 
-.PHONY: demo test bench bench-serve setup oracle clean
+.PHONY: demo test lint bench bench-serve setup oracle clean
 
 # The product's environment, CPU flavour: the runtime, the exporter, the server (embedded and Ray) and the test tools.
 $(VENV)/.installed: pyproject.toml
@@ -26,7 +26,12 @@ oracle: $(ORACLE)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m rerank_export.demo
 
-test: $(VENV)/.installed $(ORACLE)/.installed
+# Lint (ruff) and type-check the runtime (basedpyright) first: both are configured in pyproject.toml.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/basedpyright --pythonpath $(PY)
+
+test: lint $(VENV)/.installed $(ORACLE)/.installed
 	RERANK_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python $(PY) -m pytest -q
 
 # sentence-transformers' ONNX CrossEncoder, a benchmark contender, in its own environment (optimum-onnx pins transformers).

@@ -16,35 +16,20 @@ from typing import Any
 import numpy as np
 
 
-class _Capture:
-    """A Backend wrapper that keeps the first batch's feeds."""
-
-    def __init__(self, backend: Any) -> None:
-        self.backend = backend
-        self.feeds: dict[str, np.ndarray] | None = None
-
-    def check(self, request: Any) -> None:
-        self.backend.check(request)
-
-    def run(self, request: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        if self.feeds is None:
-            self.feeds = {k: v.copy() for k, v in feeds.items()}
-        out: list[np.ndarray] = self.backend.run(request, feeds)
-        return out
-
-
 def captured_batch(reranker: Any, pairs: list[list[str]], call: dict[str, Any]) -> tuple[Any, dict[str, np.ndarray]]:
     """(the call's GraphRequest, the feeds of the first batch the runtime builds for `pairs`)."""
+    from rerank_runtime.front import FeedRecorder
+
     scorer = reranker._scorer
-    capture = _Capture(scorer.backend)
-    scorer.backend = capture
+    capture = FeedRecorder(scorer.front)
+    scorer.front = capture
     try:
         reranker.compute_score_array(pairs, **call)
     finally:
-        scorer.backend = capture.backend
-    if capture.feeds is None:
+        scorer.front = capture.front
+    if not capture.calls:
         raise RuntimeError("the runtime ran no batch for the profile pairs")
-    return reranker._plan(call)[0].request, capture.feeds
+    return capture.calls[0]
 
 
 def op_profile(reranker: Any, pairs: list[list[str]], call: dict[str, Any], threads: int,
@@ -52,12 +37,15 @@ def op_profile(reranker: Any, pairs: list[list[str]], call: dict[str, Any], thre
     """Per op type: milliseconds per run and share of the kernel time, for one batch of `pairs`."""
     import onnxruntime as ort
 
+    from rerank_runtime.front import backends_of
+    from rerank_runtime.onnx_backend import default_options
+
     request, feeds = captured_batch(reranker, pairs, call)
-    backend = reranker.backend
+    backend = backends_of(reranker.front.backend)[0]
     model = Path(backend.export_dir) / backend.manifest.graph.file
-    inputs = backend._inputs(feeds)
+    inputs = reranker.front.graph.complete(request, feeds)
     with tempfile.TemporaryDirectory() as tmp:
-        options = backend._default_options(ort, backend.placements[0])
+        options = default_options(ort, backend.placement)
         options.intra_op_num_threads = threads
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "ort")

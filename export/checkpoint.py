@@ -11,7 +11,8 @@ from rerank_runtime._deps import require
 from rerank_runtime.errors import ArtifactError, ModelNotFoundError
 from rerank_runtime.integrity import read_tokenizer, sha256_file
 from rerank_runtime.layout import pair_template, text_ids
-from rerank_runtime.spec import ENCODER, YES_TEXT, ModelSpec
+from rerank_runtime.kinds import get_kind
+from rerank_runtime.spec import YES_TEXT, ModelSpec
 
 from .families import FamilySpec
 from .weights import INDEX, check_weights, load_state_dict, read_json
@@ -140,8 +141,8 @@ def model_spec(directory: Path, config: dict[str, Any], family: FamilySpec) -> M
         raise ArtifactError(f"{directory}: the tokenizer has no pad token and config.json no pad_token_id; FlagEmbedding needs one")
     side = tcfg.get("padding_side") or ("left" if tcfg.get("tokenizer_class") in _LEFT_PADDING_CLASSES else "right")
     common = dict(model_class=family.model_class, pad_token_id=pad, padding_side=side,
-                  model_max_length=_max_length(tcfg), max_positions=family.max_positions(config))
-    if family.model_class == ENCODER:
+                  max_positions=family.max_positions(config))
+    if not get_kind(family.model_class).prompted:  # the encoder's pair template
         prefix, middle, suffix = pair_template(tok)
         return ModelSpec(**common, pair_prefix=prefix, pair_middle=middle, pair_suffix=suffix)
     yes = text_ids(tok, YES_TEXT)
@@ -150,7 +151,3 @@ def model_spec(directory: Path, config: dict[str, Any], family: FamilySpec) -> M
     return ModelSpec(**common, bos_token_id=token_id("bos_token", None), yes_token_id=yes[0],
                      num_layers=n, start_layer=start, layer_sep=sep)
 
-
-def _max_length(tcfg: dict[str, Any]) -> int | None:
-    value = tcfg.get("model_max_length")
-    return int(value) if isinstance(value, (int, float)) and value < 1e9 else None

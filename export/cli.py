@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Sequence
 
-MODEL_CLASSES = ("encoder-only-base", "decoder-only-base", "decoder-only-layerwise", "decoder-only-lightweight")
+from rerank_runtime.spec import MODEL_CLASSES
 
 
 def export_parser() -> argparse.ArgumentParser:

@@ -8,11 +8,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from rerank_runtime._deps import installed_versions
 from rerank_runtime.errors import ExportError, ParityError
 from rerank_runtime.integrity import describe_tokenizer
 from rerank_runtime.kinds import DEFAULT_COMPRESS_LAYERS, build_request, get_kind
 from rerank_runtime.manifest import GraphInfo, Manifest, TensorSpec
-from rerank_runtime.spec import LAYERWISE, LIGHTWEIGHT, MODEL_CLASSES, GraphRequest, ModelSpec
+from rerank_runtime.spec import MODEL_CLASSES, GraphRequest, ModelSpec
 
 from .checkpoint import load_model, model_spec, read_json, resolve_model, tokenizer_file
 from .families import FamilySpec, detect_family
@@ -91,22 +92,23 @@ def _request(opts: ExportOptions, family: FamilySpec, spec: ModelSpec) -> tuple[
         raise ExportError(f"--cutoff-layers applies to layerwise and lightweight rerankers; {family.name} has one score")
     if compressing and not kind.takes_compression:
         raise ExportError(f"--compress-ratio/--compress-layers apply to the lightweight reranker only, not {family.name}")
+    if not kind.takes_cutoff:
+        return GraphRequest(), {}
     cutoff = list(opts.cutoff_layers) if opts.cutoff_layers is not None else None
+    ratio = opts.compress_ratio if opts.compress_ratio is not None else 1
+    layers = list(opts.compress_layers) if opts.compress_layers is not None else list(DEFAULT_COMPRESS_LAYERS)
     try:
-        if family.model_class == LAYERWISE:
-            # Every head up to the deepest requested layer, so any cutoff_layers up to it can be served.
-            deepest = max(build_request(kind, spec, cutoff_layers=cutoff).exits)[0]
-            exits = tuple((layer, layer - spec.start_layer) for layer in range(spec.start_layer, deepest + 1))
-            return GraphRequest(exits=exits), {"cutoff_layers": cutoff}
-        if family.model_class == LIGHTWEIGHT:
-            ratio = opts.compress_ratio if opts.compress_ratio is not None else 1
-            layers = list(opts.compress_layers) if opts.compress_layers is not None else list(DEFAULT_COMPRESS_LAYERS)
-            request = build_request(kind, spec, cutoff_layers=cutoff, compress_ratio=ratio, compress_layers=layers)
-            _refuse_idle_compression(opts, ratio, layers, request)
-            return request, {"cutoff_layers": cutoff, "compress_ratio": ratio, "compress_layers": layers}
+        request = build_request(kind, spec, cutoff_layers=cutoff, compress_ratio=ratio, compress_layers=layers)
     except (TypeError, ValueError) as exc:
         raise ExportError(str(exc)) from None
-    return GraphRequest(), {}
+    if kind.bakes_every_head:  # every head up to the deepest requested layer: any cutoff_layers up to it is served
+        deepest, start = max(request.exits)[0], spec.start_layer or 0
+        return GraphRequest(exits=tuple((layer, layer - start) for layer in range(start, deepest + 1))), {
+            "cutoff_layers": cutoff}
+    if not kind.takes_compression:
+        return request, {"cutoff_layers": cutoff}
+    _refuse_idle_compression(opts, ratio, layers, request)
+    return request, {"cutoff_layers": cutoff, "compress_ratio": ratio, "compress_layers": layers}
 
 
 def _refuse_idle_compression(opts: ExportOptions, ratio: int, layers: list[int], request: GraphRequest) -> None:
@@ -125,7 +127,7 @@ def _refuse_idle_compression(opts: ExportOptions, ratio: int, layers: list[int],
 def max_sequence_length(plan: ExportPlan, tokenizer: Any) -> int:
     """The longest sequence FlagEmbedding's layout makes at max_length with the default prompt."""
     n = plan.options.max_length
-    if get_kind(plan.family.model_class).default_prompt is None:
+    if not get_kind(plan.family.model_class).prompted:  # the pair template: max_length is the whole sequence
         return n
     layout = describe_tokenizer(tokenizer, plan.spec)
     sep, prompt = len(layout.separator_ids), len(layout.prompt_ids)
@@ -162,7 +164,7 @@ def export_onnx(opts: ExportOptions, progress: Progress | None = None) -> Path:
 def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
     from tokenizers import Tokenizer
 
-    from .onnx_export import OPSET, trace_to_onnx
+    from .onnx_export import trace_to_onnx
 
     opts = plan.options
     with report.phase("load"):
@@ -184,7 +186,7 @@ def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
     tokenizer = Tokenizer.from_file(str(work / "tokenizer.json"))
     manifest = Manifest(
         model_name=_name(opts.model), source=str(plan.checkpoint), family=plan.family.name, spec=plan.spec,
-        precision=opts.precision, graph=graph_info(onnx_path, external, OPSET), max_length=opts.max_length,
+        precision=opts.precision, graph=graph_info(onnx_path, external), max_length=opts.max_length,
         max_sequence_length=max_sequence_length(plan, tokenizer), exits=plan.request.exits,
         compress_ratio=plan.request.compress_ratio, compress_layers=plan.request.compress_layers,
         defaults=plan.defaults, versions=versions(),
@@ -210,12 +212,12 @@ def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
 
 def _verify_call(plan: ExportPlan) -> dict[str, Any]:
     """compute_score arguments that exercise every output (the reference knows nothing of the artifact's defaults)."""
-    if plan.family.model_class == LAYERWISE:
+    if get_kind(plan.family.model_class).bakes_every_head:
         return {"cutoff_layers": [layer for layer, _ in plan.request.exits]}
     return {k: v for k, v in plan.defaults.items() if v is not None}
 
 
-def graph_info(path: Path, external: list[str], opset: int) -> GraphInfo:
+def graph_info(path: Path, external: list[str]) -> GraphInfo:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -226,17 +228,11 @@ def graph_info(path: Path, external: list[str], opset: int) -> GraphInfo:
         dims = tuple(d.dim_param or d.dim_value for d in t.shape.dim)
         return TensorSpec(value.name, names.get(t.elem_type, str(t.elem_type)), dims)
 
-    return GraphInfo(file=path.name, opset=opset, inputs=tuple(spec(v) for v in model.graph.input),
+    return GraphInfo(file=path.name, inputs=tuple(spec(v) for v in model.graph.input),
                      outputs=tuple(spec(v) for v in model.graph.output), external_data=tuple(external))
 
 
 def versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for dist in ("bge-rerank-fast", "torch", "onnx", "onnxscript", "onnxruntime", "tokenizers", "transformers"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    """The tools an export is made with, as manifest.json records them."""
+    return installed_versions(("bge-rerank-fast", "torch", "onnx", "onnxscript", "onnxruntime", "tokenizers",
+                               "transformers"))

@@ -14,7 +14,6 @@ from rerank_runtime.spec import GraphRequest
 from .families import FamilySpec
 
 OPSET = 18
-OPTIMIZE = True
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf caps a file at 2 GB; larger models keep weights beside it
 
 
@@ -58,7 +57,7 @@ def trace_to_onnx(wrapper: Any, family: FamilySpec, request: GraphRequest, pad_i
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             wrapper, args, input_names=list(names), output_names=list(request.output_names),
-            dynamic_shapes=dynamic_shapes(names), dynamo=True, opset_version=OPSET, optimize=OPTIMIZE, verbose=False,
+            dynamic_shapes=dynamic_shapes(names), dynamo=True, opset_version=OPSET, optimize=True, verbose=False,
         )
     external = weight_bytes > EXTERNAL_DATA_BYTES
     program.save(str(path), external_data=external)

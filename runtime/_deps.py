@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import platform
+from collections.abc import Iterable
+from importlib import metadata
 from types import ModuleType
 
 from .errors import MissingDependencyError
@@ -48,3 +51,17 @@ def require(module: str) -> ModuleType:
         raise MissingDependencyError(
             f"{module} is required for {purpose} but is not installed ({exc}); install it with: {commands}{note}"
         ) from exc
+
+
+def installed_versions(dists: Iterable[str], *, python: bool = False) -> dict[str, str]:
+    """{distribution: version} of those of `dists` that are installed, with the Python version first when asked.
+
+    What manifest.json records as the tools an export was made with, and what rerank-serve's /info and the
+    benchmarks report."""
+    out = {"python": platform.python_version()} if python else {}
+    for dist in dists:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out

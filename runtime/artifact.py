@@ -1,4 +1,5 @@
-"""Load an export directory (manifest.json + model.onnx [+ external data] + tokenizer.json) into a `Loaded` bundle.
+"""Load an export directory (manifest.json + model.onnx [+ external data] + tokenizer.json) into a `Loaded` bundle:
+its spec and tokenizer, and a front (front.GraphFront: the manifest's served graph over one backend per device).
 
 Every file is checked before ONNX Runtime (or TensorRT) sees it, so a missing, truncated, corrupt or foreign file is
 reported by name: the ONNX protobuf is walked (without the onnx package) far enough to find truncation and every
@@ -12,20 +13,18 @@ from __future__ import annotations
 import importlib
 import mmap
 import os
-import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .errors import (ArtifactError, ManifestMismatchError, ModelNotFoundError, UnknownFamilyError,
                      UnsupportedRequestError)
+from .front import GraphFront, ServedGraph, one_backend
 from .integrity import check_engine, check_file, check_tokenizer, read_tokenizer
 from .manifest import MANIFEST_FILE, Manifest
-from .onnx_backend import OnnxBackend
+from .onnx_backend import onnx_backends
 from .providers import DeviceArg, resolve
-from .spec import MODEL_CLASSES, GraphRequest, Loaded
+from .spec import MODEL_CLASSES, Backend, Loaded
 
 _EXPORT_HINT = "rerank-export --model <checkpoint or hub id> --output {path}"
 
@@ -47,27 +46,29 @@ def load_artifact(
     verify_hashes: compare every file's sha256 with the manifest's record (the default); False skips hashing, for
     artifacts so large that reading them twice matters. File sizes and the tokenizer's ids are always checked.
     """
-    export_dir, manifest = _read(path)
+    export_dir, manifest = read_export(path)
     _check_request(manifest, export_dir, model_class, use_fp16, use_bf16)
     tokenizer = _tokenizer(export_dir, manifest, verify_hashes)
     placements = resolve(provider, devices, manifest=manifest, export_dir=export_dir, trt_cache_dir=trt_cache_dir)
+    graph = ServedGraph.of(manifest, export_dir)
     if placements[0].provider == "trt-engine":
-        if manifest.tensorrt is not None:  # without a section the backend says how to build an engine
+        if manifest.tensorrt is not None:  # without a record the backend says how to build an engine
             check_engine(export_dir, manifest.tensorrt, verify_hashes)
-        backend: Any = _trt_backend(export_dir, manifest, [p.device_id for p in placements])
+        backend = _trt_backends(export_dir, manifest, [p.device_id for p in placements])
     else:
         check_model_files(export_dir, manifest, verify_hashes)
-        backend = OnnxBackend(export_dir, manifest, placements, session_options)
-    return Loaded(spec=manifest.spec, tokenizer=tokenizer, backend=backend, defaults=dict(manifest.defaults),
-                  max_length=manifest.max_length)
+        backend = onnx_backends(export_dir, manifest, placements, session_options)
+    return Loaded(spec=manifest.spec, tokenizer=tokenizer, front=GraphFront(graph, backend),
+                  defaults=dict(manifest.defaults), max_length=manifest.max_length)
 
 
 def detect_model_class(path: str | os.PathLike[str]) -> str:
     """FlagEmbedding's model_class string recorded in an export directory's manifest."""
-    return _read(path)[1].spec.model_class
+    return read_export(path)[1].spec.model_class
 
 
-def _read(path: str | os.PathLike[str]) -> tuple[Path, Manifest]:
+def read_export(path: str | os.PathLike[str]) -> tuple[Path, Manifest]:
+    """(the export directory, its validated manifest), or an error that says how to make an export there."""
     export_dir = Path(path)
     if not export_dir.exists():
         raise ModelNotFoundError(
@@ -116,30 +117,9 @@ def _tokenizer(export_dir: Path, manifest: Manifest, verify_hashes: bool) -> Any
     return tokenizer
 
 
-def _trt_backend(export_dir: Path, manifest: Manifest, device_ids: Sequence[int]) -> Any:
-    trt_backend = importlib.import_module("rerank_runtime.trt_backend")
-    raw = manifest.to_dict()  # validated, so equal to the parsed JSON
-    backends = [trt_backend.TensorRTBackend(export_dir, raw, device_id) for device_id in device_ids]
-    return backends[0] if len(backends) == 1 else RoundRobin(backends)
-
-
-class RoundRobin:
-    """Several backends behind one, picked in turn (thread-safe); concurrency = their number."""
-
-    def __init__(self, backends: Sequence[Any]):
-        self.backends = tuple(backends)
-        self.concurrency = len(self.backends)
-        self._lock = threading.Lock()
-        self._turn = 0
-
-    def check(self, request: GraphRequest) -> None:
-        self.backends[0].check(request)
-
-    def run(self, request: GraphRequest, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        with self._lock:
-            backend = self.backends[self._turn % self.concurrency]
-            self._turn += 1
-        return backend.run(request, feeds)
+def _trt_backends(export_dir: Path, manifest: Manifest, device_ids: Sequence[int]) -> Backend:
+    trt_backend = importlib.import_module("rerank_runtime.trt_backend")  # imported only for provider="trt-engine"
+    return one_backend([trt_backend.TensorRTBackend(export_dir, manifest, device_id) for device_id in device_ids])
 
 
 # --- model file checks -----------------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def settings_from(args: argparse.Namespace) -> Any:
         max_client_batch=args.max_client_batch, max_input_chars=args.max_input_chars, max_queue=args.max_queue,
         model_name=args.model_name, api_key=args.api_key or None,
         cross_request_batching=not args.no_cross_request_batching,
-    )  # fmt: skip
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,7 +91,7 @@ def serve_embedded(settings: Any, host: str, port: int, log_level: str = "info")
     uvicorn = require("uvicorn")
     app = create_app(settings, lambda metrics: LocalEngine.start(lambda: load(settings), settings, metrics))
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level=log_level,
-                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)  # fmt: skip
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     server = uvicorn.Server(config)
     # uvicorn drains on SIGTERM, then re-raises the signal to the handler it found; a no-op one makes the exit 0
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
