@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .kinds import Kind
+from .progress import check_setting as check_progress
 from .scoring import check_non_finite
 
 PASSAGE_MAX_LENGTH_DEFAULT = 512
@@ -49,10 +50,11 @@ def check_settings(cls: type, public: Sequence[type], settings: dict[str, Any], 
     if settings.pop("peft_path", None) is not None:
         raise ValueError("peft_path is not supported: merge the LoRA into the base model (PeftModel.merge_and_unload) "
                          "and export the merged model")
-    for name, minimum, optional in (("batch_size", 1, False), ("max_length", 1, False), ("query_max_length", 1, True),
+    for name, minimum, optional in (("batch_size", 1, False), ("max_length", 1, True), ("query_max_length", 1, True),
                                     ("max_batch_tokens", 1, True), ("chunk_size", 1, False)):
         check_int(name, settings[name], minimum, optional)
     check_non_finite(settings["non_finite"])
+    check_progress(settings["show_progress_bar"])
     if not isinstance(settings["verify_hashes"], bool):
         raise TypeError(f"verify_hashes must be a bool, got {type(settings['verify_hashes']).__name__}")
 
@@ -82,9 +84,10 @@ def _workflow_arguments(settings: dict[str, Any], passage_max_length: Any = PASS
     out: dict[str, Any] = {"passage_max_length": passage_max_length}
     if passage_max_length != PASSAGE_MAX_LENGTH_DEFAULT and passage_max_length not in _warned:
         _warned.add(passage_max_length)
+        now = settings["max_length"] or "its default"
         warnings.warn(f"passage_max_length={passage_max_length} has no effect, as in FlagEmbedding 1.4.2, which stores "
-                      f"it and never reads it: passages are cut to max_length (now {settings['max_length']}); pass "
-                      "max_length to change that", UserWarning, stacklevel=5)
+                      f"it and never reads it: passages are cut to max_length (now {now}); pass max_length to change "
+                      "that", UserWarning, stacklevel=5)
     if reranker_batch_size is not None:
         check_int("reranker_batch_size", reranker_batch_size, 1)
         if settings["batch_size"] not in (reranker_batch_size, DEFAULT_BATCH_SIZE):

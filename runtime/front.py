@@ -24,6 +24,7 @@ import numpy as np
 
 from .compression import effective, pass_through_stages, plan_inputs, served_stages
 from .errors import ArtifactError, UnsupportedRequestError
+from .hints import Remake, compression_message, exits_message
 from .manifest import Manifest, TensorSpec
 from .spec import TOKEN_INPUTS, Backend, Front, GraphRequest, exit_name
 
@@ -42,7 +43,8 @@ class ServedGraph:
     compress_ratio: int
     compress_layers: tuple[int, ...]
     where: str  # "the artifact in exports/x"
-    source: str  # the checkpoint, for the export command an error prints
+    source: str  # the checkpoint it was made of
+    remake: Remake | None = None  # how an export was made: the export commands its errors print
 
     def __post_init__(self) -> None:
         unfed = [f"{t.name} ({t.dtype})" for t in self.inputs if t.dtype not in NUMPY_DTYPES]
@@ -54,7 +56,7 @@ class ServedGraph:
     def of(cls, manifest: Manifest, export_dir: str | os.PathLike[str]) -> ServedGraph:
         """The graph an export serves, as its manifest records it."""
         return cls(manifest.graph.inputs, manifest.exits, manifest.compress_ratio, manifest.compress_layers,
-                   f"the artifact in {export_dir}", manifest.source)
+                   f"the artifact in {export_dir}", manifest.source, Remake.of(manifest, export_dir))
 
     @classmethod
     def baked_for(cls, request: GraphRequest, where: str, source: str) -> ServedGraph:
@@ -77,21 +79,14 @@ class ServedGraph:
     def check(self, request: GraphRequest) -> None:
         """UnsupportedRequestError unless this graph has every output the request needs and bakes the compression
         stages it runs (a stage the request does not reach is filled with a pass-through plan by complete())."""
-        missing = [name for name in request.output_names if name not in self.output_names]
-        if missing:
-            raise UnsupportedRequestError(
-                f"{self.where} has {describe_exits(self.exits)}; the call needs {describe_exits(request.exits)} "
-                f"(missing outputs {missing}); use one of the artifact's cutoff layers, or export another artifact "
-                f"with these cutoff_layers: rerank-export --model {self.source} --output <dir>")
+        wanted = effective(request.compress_ratio, request.compress_layers)
+        if any(name not in self.output_names for name in request.output_names):
+            raise UnsupportedRequestError(exits_message(self.where, self.exits, request.exits, wanted, self.remake))
         have = served_stages(self.compress_ratio, self.compress_layers, request.exits)
-        want = effective(request.compress_ratio, request.compress_layers)
-        if have != want:
-            raise UnsupportedRequestError(
-                f"{self.where} was exported with compress_ratio={self.compress_ratio}, "
-                f"compress_layers={list(self.compress_layers)}; the call needs compress_ratio={want[0]}, "
-                f"compress_layers={list(want[1])}; token compression is baked into the graph: call with the "
-                f"artifact's settings, or export another artifact with these: rerank-export --model {self.source} "
-                "--output <dir>")
+        if have != wanted:
+            layers = sorted({layer for layer, _ in request.exits})
+            raise UnsupportedRequestError(compression_message(
+                self.where, (self.compress_ratio, self.compress_layers), wanted, layers, self.remake))
 
     def complete(self, request: GraphRequest, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Exactly the graph's inputs, in its dtypes, from the host's feeds for `request` (checked by check())."""
@@ -104,13 +99,6 @@ class ServedGraph:
                 f"the graph of {self.where} takes inputs {absent} that the call's feeds lack (given: {sorted(feeds)}); "
                 "a compression plan is missing for a stage the request runs")
         return {t.name: np.ascontiguousarray(feeds[t.name], dtype=NUMPY_DTYPES[t.dtype]) for t in self.inputs}
-
-
-def describe_exits(exits: Sequence[tuple[int, int]]) -> str:
-    """'layer 2 (head 0), layer 3 (head 1)', or "one score output ('score')" for no exits."""
-    if not exits:
-        return "one score output ('score')"
-    return ", ".join(f"layer {layer} (head {head})" for layer, head in exits)
 
 
 class GraphFront:

@@ -48,6 +48,7 @@ class Kind:
     # an export keeps every head (layer, layer - start_layer) up to the deepest cutoff, so that any cutoff list within
     # it can be served; otherwise it bakes exactly the requested exits (and compression)
     bakes_every_head: bool = False
+    exit_rule: str = ""  # the exits rule in words, for the messages that refuse an exit (hints.exits_message)
 
     @property
     def takes_cutoff(self) -> bool:
@@ -175,11 +176,18 @@ KINDS: dict[str, Kind] = {
                   query_instruction="A: ", passage_instruction="B: ", bos="unless_pad", pad_multiple=8),
     LAYERWISE: Kind(model_class=LAYERWISE, class_name="LayerWiseFlagLLMReranker", default_prompt=DEFAULT_PROMPT,
                     query_instruction="A: ", passage_instruction="B: ", bos="always", pad_multiple=8,
-                    exits=layerwise_exits, bakes_every_head=True),
+                    exits=layerwise_exits, bakes_every_head=True,
+                    exit_rule="LayerWiseFlagLLMReranker scores the i-th layer, in ascending order, with the head of "
+                              "the i-th cutoff layer as given (FlagEmbedding's rule: cutoff_layers=[6, 2] scores "
+                              "layer 2 with the layer-6 head), and an export keeps each layer's own head"),
     LIGHTWEIGHT: Kind(model_class=LIGHTWEIGHT, class_name="LightWeightFlagLLMReranker",
                       default_prompt=LIGHTWEIGHT_PROMPT, query_instruction="A: ", passage_instruction="B: ",
                       bos="always", pad_multiple=8, force_right_padding=True, exits=lightweight_exits,
-                      takes_compression=True),
+                      takes_compression=True,
+                      exit_rule="LightWeightFlagLLMReranker scores the i-th requested cutoff layer, in ascending "
+                                "order, with head i (FlagEmbedding's rule), so a layer's score depends on the whole "
+                                "list: an export made for [3, 4] scores layer 4 with head 1 and serves [3, 4] or [3], "
+                                "while cutoff_layers=[4] alone scores layer 4 with head 0"),
 }
 
 

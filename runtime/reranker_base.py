@@ -15,7 +15,9 @@ from .arguments import check_call, check_int, check_settings
 from .errors import UnsupportedRequestError
 from .kinds import DEFAULT_COMPRESS_LAYERS, build_request, get_kind
 from .layout import Instructions, LayoutSettings, check_text, plain_tokenizer, resolve_query_max_length
-from .limits import Limits
+from .limits import Limits, default_max_length
+from .hints import wrong_kind
+from .progress import open_tracker
 from .scoring import CallPlan, Scorer, apply_non_finite, check_non_finite, parse_pairs, sigmoid
 from .spec import Loaded
 
@@ -41,6 +43,7 @@ class Reranker:
     max_length: int
     query_max_length: int | None
     normalize: bool
+    show_progress_bar: Any  # None, a bool, or a tqdm-like callable (progress.py)
     max_batch_tokens: int | None
     chunk_size: int
     non_finite: str
@@ -63,12 +66,9 @@ class Reranker:
             setattr(self, name, value)
         if loaded is None:
             loaded = self._load(model_name_or_path, devices=settings["devices"], use_fp16=settings["use_fp16"],
-                                use_bf16=settings.get("use_bf16", False), provider=settings["provider"])
+                                use_bf16=settings.get("use_bf16"), provider=settings["provider"])
         if loaded.spec.model_class != kind.model_class:
-            raise UnsupportedRequestError(
-                f"{model_name_or_path!r} holds a {loaded.spec.model_class} model, which {type(self).__name__} "
-                f"({kind.model_class}) cannot score; use FlagAutoReranker.from_finetuned or the matching class"
-            )
+            raise UnsupportedRequestError(wrong_kind(model_name_or_path, loaded.spec.model_class, kind.model_class))
         self._apply_model_defaults(loaded)
         self.spec, self.tokenizer, self.front = loaded.spec, loaded.tokenizer, loaded.front
         self._limits = Limits(loaded.spec.max_positions, loaded.max_length)
@@ -88,6 +88,8 @@ class Reranker:
 
     def _apply_model_defaults(self, loaded: Loaded) -> None:
         kind = get_kind(self._KIND)
+        if self.max_length is None:
+            self.max_length = default_max_length(loaded.max_length, self.model_name_or_path)
         if kind.takes_cutoff and self.cutoff_layers is None:
             self.cutoff_layers = loaded.defaults.get("cutoff_layers")
         if kind.takes_compression:
@@ -96,7 +98,7 @@ class Reranker:
             if self.compress_layers is None:
                 self.compress_layers = list(loaded.defaults.get("compress_layers", DEFAULT_COMPRESS_LAYERS))
 
-    def _load(self, model_name_or_path: str, *, devices: Devices, use_fp16: bool, use_bf16: bool,
+    def _load(self, model_name_or_path: str, *, devices: Devices, use_fp16: bool | None, use_bf16: bool | None,
               provider: str | None) -> Loaded:
         """Load the export directory (when the constructor was given no `loaded` bundle)."""
         from .artifact import load_artifact
@@ -170,7 +172,12 @@ class Reranker:
         plan, normalize = self._plan(options)
         policy = check_non_finite(options.get("non_finite", self.non_finite))
         pairs, single = parse_pairs(sentence_pairs)
-        raw = self._scorer.score(pairs, plan)
+        tracker = open_tracker(options.get("show_progress_bar", self.show_progress_bar), len(pairs), plan.batch_size)
+        try:
+            raw = self._scorer.score(pairs, plan, None if tracker is None else tracker.update)
+        finally:
+            if tracker is not None:
+                tracker.close()
         scores = apply_non_finite(raw, plan.request.output_names, policy).astype(np.float64)
         if normalize:
             scores = sigmoid(scores)
@@ -190,6 +197,7 @@ class Reranker:
         compress_layers: Layers = None,
         compress_layer: Layers = None,
         non_finite: str | None = None,
+        show_progress_bar: Any = None,
     ) -> np.ndarray:
         """compute_score's scores as a float64 array: [n], or [n_layers, n] with several cutoff layers.
 
@@ -212,6 +220,7 @@ class Reranker:
         compress_layers: Layers = None,
         compress_layer: Layers = None,
         non_finite: str | None = None,
+        show_progress_bar: Any = None,
     ) -> float | list[float] | list[list[float]]:
         """Score [query, passage] pairs as FlagEmbedding does.
 
@@ -224,7 +233,9 @@ class Reranker:
         layer order (a single pair then gives one float per layer). [] gives [] (FlagEmbedding raises IndexError).
         Raw scores are the graph's float32 values widened to float; normalize=True applies 1 / (1 + exp(-x)).
         A NaN or infinite score raises NonFiniteScoreError naming the pair, unless non_finite="nan" (call or instance)
-        asks for NaN in its place.
+        asks for NaN in its place. show_progress_bar (call or instance): None shows a bar on stderr when it is a
+        terminal and the call spans a batch or more, True/False force it, a tqdm-like callable is used instead
+        (rerank_runtime.progress).
         """
         options = {k: v for k, v in locals().items() if k not in ("self", "sentence_pairs")}
         scores, single = self._run(sentence_pairs, options)

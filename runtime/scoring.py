@@ -7,7 +7,7 @@ a parity failure between them is a graph problem, never a host problem.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -113,13 +113,16 @@ class Scorer:
         self.front = front
         self.instructions = instructions
 
-    def score(self, pairs: Sequence[Pair], plan: CallPlan) -> np.ndarray:
-        """Raw float32 scores [n_outputs, n_pairs] in input order, one row per plan.request.output_names."""
+    def score(self, pairs: Sequence[Pair], plan: CallPlan, progress: Callable[[int], object] | None = None
+              ) -> np.ndarray:
+        """Raw float32 scores [n_outputs, n_pairs] in input order, one row per plan.request.output_names.
+
+        progress(n) is called with each batch's row count as its scores arrive."""
         self.front.check(plan.request)
         names = plan.request.output_names
         out = np.empty((len(names), len(pairs)), dtype=np.float32)
         encoder = PairEncoder(self.spec, self.kind, self.tokenizer, plan.layout)
-        with _Runner(self.front, plan.request, out) as runner:
+        with _Runner(self.front, plan.request, out, progress) as runner:
             for lo, chunk in self._chunks(encoder, pairs, plan.chunk_size):
                 lengths = np.array([len(row) for row in chunk.ids], dtype=np.int64)
                 plan.limits.check_rows(lengths, lo)
@@ -175,8 +178,10 @@ class Scorer:
 class _Runner:
     """Runs batches inline, or keeps up to `front.concurrency` of them in flight on a per-call thread pool."""
 
-    def __init__(self, front: Front, request: GraphRequest, out: np.ndarray) -> None:
+    def __init__(self, front: Front, request: GraphRequest, out: np.ndarray,
+                 progress: Callable[[int], object] | None = None) -> None:
         self.front = front
+        self.progress = progress
         self.request = request
         self.out = out
         self.width = max(1, front.concurrency)
@@ -220,3 +225,5 @@ class _Runner:
                     f"output {name!r} has shape {arr.shape} for a batch of {rows} rows; expected ({rows},) raw scores"
                 )
             self.out[k, dest] = arr.astype(np.float32)
+        if self.progress is not None:
+            self.progress(rows)

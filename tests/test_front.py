@@ -54,12 +54,15 @@ def test_check_names_the_heads_the_graph_has_and_the_export_command(tmp_path: Pa
     with pytest.raises(UnsupportedRequestError) as err:
         f.check(GraphRequest(exits=((2, 0), (5, 0))))
     message = str(err.value)
-    assert f"the artifact in {tmp_path} has layer 2 (head 0), layer 3 (head 1)" in message
-    assert "the call needs layer 2 (head 0), layer 5 (head 0) (missing outputs ['score_l5_h0'])" in message
-    assert "rerank-export --model tests --output <dir>" in message  # the manifest's source
+    assert f"the artifact in {tmp_path} serves layer 2 (head 0), layer 3 (head 1)" in message
+    assert "the call needs layer 2 (head 0), layer 5 (head 0) (missing: layer 5 (head 0))" in message
+    # the command that makes an export for the call, every setting of this one kept (its max_length 16)
+    command = f"rerank-export --model tests --max-length 16 --cutoff-layers 2 5 --output {tmp_path}-cutoff2-5-fp32"
+    assert f"call with the export's cutoff_layers [2, 3], or export one for cutoff_layers [2, 5]: `{command}`" \
+        in message
     with pytest.raises(UnsupportedRequestError, match=r"the call needs one score output \('score'\)"):
         f.check(GraphRequest())  # a single-score request on a multi-exit artifact
-    with pytest.raises(UnsupportedRequestError, match="score_l5_h0"):
+    with pytest.raises(UnsupportedRequestError, match=r"missing: layer 5 \(head 0\)"):
         f.run(GraphRequest(exits=((5, 0),)), batch(ROWS))  # run checks too
 
 
@@ -71,7 +74,8 @@ def test_compression_is_checked_against_the_baked_stages(tmp_path: Path) -> None
     with pytest.raises(UnsupportedRequestError) as err:
         f.check(GraphRequest(exits=((4, 1),)))
     assert "exported with compress_ratio=2, compress_layers=[3]; the call needs compress_ratio=1" in str(err.value)
-    assert "rerank-export --model tests" in str(err.value)
+    assert (f"`rerank-export --model tests --max-length 16 --cutoff-layers 4 --output {tmp_path}-cutoff4-fp32`"
+            in str(err.value))
     with pytest.raises(UnsupportedRequestError, match=r"the call needs compress_ratio=4, compress_layers=\[3\]"):
         f.check(GraphRequest(exits=((4, 1),), compress_ratio=4, compress_layers=(3,)))
 

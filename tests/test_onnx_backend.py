@@ -3,9 +3,11 @@ expected score is computed in numpy. The request front itself (checks, feed comp
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import types
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -161,20 +163,34 @@ def test_missing_directory_and_checkpoint_directory(tmp_path: Path) -> None:
         detect_model_class(tmp_path)
 
 
-def test_model_class_and_precision_requests(tmp_path: Path) -> None:
+def test_model_class_and_precision_requests(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
     tiny_export(tmp_path)
-    with pytest.raises(UnsupportedRequestError, match="'decoder-only-layerwise' was asked for"):
+    with pytest.raises(UnsupportedRequestError, match=rf"{tmp_path} holds a encoder-only-base model, which "
+                       r"FlagReranker scores; LayerWiseFlagLLMReranker scores decoder-only-layerwise models only"):
         load_artifact(tmp_path, model_class=LAYERWISE)
     with pytest.raises(UnknownFamilyError):
         load_artifact(tmp_path, model_class="cross-encoder")
-    for flag in ("use_fp16", "use_bf16"):
-        with pytest.raises(UnsupportedRequestError, match=f"{flag}=True but .* is a fp32 export"):
-            load_artifact(tmp_path, **{flag: True})
+    for flag in ("use_fp16", "use_bf16"):  # as FlagEmbedding on the CPU: served as it is, with one warning
+        precision = flag[4:]
+        with pytest.warns(UserWarning, match=rf"{flag}=True asks for {precision}, but {tmp_path} is a fp32 export .*"
+                          rf"serving fp32. For {precision}, export it: `rerank-export --model tests --{precision} "
+                          rf"--max-length 16 --output {tmp_path}-{precision}`"):
+            assert isinstance(load_artifact(tmp_path, **{flag: True}).front.backend, OnnxBackend)  # type: ignore
+    recwarn.clear()
     half = tmp_path / "half"
     tiny_export(half, precision="fp16")
     assert isinstance(load_artifact(half, use_fp16=True).front.backend, OnnxBackend)  # type: ignore[attr-defined]
-    with pytest.raises(UnsupportedRequestError, match="fp16 export"):
-        load_artifact(half, use_bf16=True)
+    load_artifact(half)  # a flag left at its default says nothing
+    load_artifact(half, use_bf16=False)  # nor does refusing a precision the export does not have
+    assert not recwarn.list
+    for flags, match in (({"use_fp16": False}, r"use_fp16=False asks for full precision, but .* is a fp16 export .*"
+                          r"serving fp16. For fp32, export it: `rerank-export --model tests --max-length 16 --output "
+                          r".*/half-fp32`"),
+                         ({"use_bf16": True}, "use_bf16=True asks for bf16, but .* is a fp16 export")):
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            load_artifact(half, **flags)
+        assert [re.search(match, str(w.message)) is not None for w in got] == [True]  # one warning, this one
 
 
 def test_missing_tokenizer(tmp_path: Path) -> None:

@@ -178,8 +178,12 @@ def test_unknown_keyword_arguments(exported, loaded):
 
 
 def test_use_fp16_against_an_fp32_artifact(exported):
-    with pytest.raises(UnsupportedRequestError, match=r"use_fp16=True but .* is a fp32 export"):
-        LayerWiseFlagLLMReranker(str(exported("minicpm_layerwise")), use_fp16=True)
+    """As FlagEmbedding on the CPU: use_fp16=True serves the export as it is, and one warning says so."""
+    with pytest.warns(UserWarning, match=r"use_fp16=True asks for fp16, but .* is a fp32 export .*: serving fp32. "
+                      r"For fp16, export it: `rerank-export --model \S+ --fp16 --output \S+-fp16`"):
+        halved = LayerWiseFlagLLMReranker(str(exported("minicpm_layerwise")), use_fp16=True, max_length=64)
+    plain = LayerWiseFlagLLMReranker(str(exported("minicpm_layerwise")), max_length=64)
+    assert halved.compute_score(PAIRS) == plain.compute_score(PAIRS)
 
 
 def test_cuda_provider_on_a_cpu_only_machine(exported):

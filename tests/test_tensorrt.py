@@ -32,6 +32,8 @@ from rerank_runtime.providers import DEFAULT_MAX_BATCH
 from rerank_runtime.spec import ENCODER, LAYERWISE, LIGHTWEIGHT, GraphRequest
 from tiny_export import expected, ort_cpu, tiny_export, tiny_feeds, tiny_manifest
 
+REPO = Path(__file__).resolve().parent.parent  # install hints name the clone the package runs from
+
 B = DEFAULT_MAX_BATCH  # the default largest batch of every profile
 
 
@@ -240,7 +242,8 @@ no_tensorrt = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not Non
 def test_build_without_tensorrt_says_what_to_install(tmp_path: Path) -> None:
     engine_export(tmp_path / "exp")
     with pytest.raises(MissingDependencyError, match=r"tensorrt is required for native TensorRT engines.*"
-                                                     r"pip install '\.\[trt\]' from a clone .*pypi\.nvidia\.com"):
+                                                     + re.escape(f"`pip install '{REPO}[trt]'`")
+                                                     + ".*pypi\\.nvidia\\.com"):
         tb.build_engine(tmp_path / "exp", tb.EngineOptions(), progress=lambda _: None)
 
 
@@ -256,7 +259,7 @@ def with_fake_engine(export: Path, manifest: Manifest, engine: bytes = b"x" * 11
 @no_tensorrt
 def test_backend_without_tensorrt_says_what_to_install(tmp_path: Path) -> None:
     manifest = with_fake_engine(tmp_path, engine_export(tmp_path))
-    with pytest.raises(MissingDependencyError, match=r"pip install '\.\[trt\]' from a clone of the bge-rerank-fast"):
+    with pytest.raises(MissingDependencyError, match=re.escape(f"pip install '{REPO}[trt]'")):
         tbe.TensorRTBackend(tmp_path, manifest)
 
 
