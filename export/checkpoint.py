@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rerank_runtime._deps import require
 from rerank_runtime.errors import ArtifactError, ModelNotFoundError
+from rerank_runtime.hints import did_you_mean
 from rerank_runtime.integrity import read_tokenizer, sha256_file
 from rerank_runtime.layout import pair_template, text_ids
-from rerank_runtime.kinds import get_kind
+from rerank_runtime.kinds import AUTO_RERANKER_MAPPING, get_kind
 from rerank_runtime.spec import YES_TEXT, ModelSpec
 
 from .families import FamilySpec
@@ -28,26 +30,36 @@ def hub_cache_dir() -> Path:
     return home / "hub"
 
 
-def resolve_model(name: str) -> Path:
-    """A local directory, a built-in demo model, a short BAAI name or a hub id found in the local hub cache."""
+def resolve_model(name: str, say: Callable[[str], None] | None = None) -> Path:
+    """A local directory, a built-in demo model, a short BAAI name or a hub id found in the local hub cache.
+
+    A built-in model is generated (and trained) on first use; `say` is told so, with where it is cached."""
     path = Path(name).expanduser()
     if path.is_dir():
         return path
-    from .testing.factory import BUILTIN, builtin_checkpoint
+    from .testing.factory import BUILTIN, builtin_checkpoint, builtin_path, cache_root
 
     if name in BUILTIN:
+        if say is not None and not (builtin_path(name) / "config.json").is_file():
+            training = " and a short training run" if BUILTIN[name].trained else ""
+            say(f"generating the built-in model {name} (first use{training}); it is cached under "
+                f"{cache_root() / 'checkpoints'} (RERANK_CACHE)")
         return builtin_checkpoint(name)
     repo = name if "/" in name else f"BAAI/{name}"
+    known = [*BUILTIN, *(f"BAAI/{n}" if "/" in name else n for n in AUTO_RERANKER_MAPPING if n.startswith("bge-"))]
     if repo.count("/") != 1 or name.startswith((".", "/", "~")):
         raise ModelNotFoundError(
-            f"model {name!r} is not a directory; pass a checkpoint directory holding config.json, a hub id (org/name) "
-            f"that is in the local Hugging Face cache, or a built-in model: {sorted(BUILTIN)}"
+            f"model {name!r} is not a directory{did_you_mean(name, known)}; pass a checkpoint directory holding "
+            "config.json, a hub id (org/name) that is in the local Hugging Face cache, or a built-in model "
+            "(`rerank-export list`)"
         )
     snapshot = _cached_snapshot(repo)
     if snapshot is None:
+        guess = did_you_mean(name, known) if name not in known and repo not in known else ""
         raise ModelNotFoundError(
-            f"{repo} is not in the local Hugging Face cache ({hub_cache_dir()}) and this tool never downloads weights. "
-            f"Download it first (`huggingface-cli download {repo}`) or pass --model /path/to/checkpoint"
+            f"{repo} is not in the local Hugging Face cache ({hub_cache_dir()}){guess}, and this tool never downloads "
+            f"weights. Download it first (`hf download {repo}`, from huggingface_hub) or pass --model "
+            "/path/to/checkpoint; built-in models: `rerank-export list`"
         )
     return snapshot
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from rerank_runtime._deps import installed_versions
 from rerank_runtime.errors import ExportError, ParityError
+from rerank_runtime.hints import DEFAULT_MAX_LENGTH, default_output, model_name
 from rerank_runtime.integrity import describe_tokenizer
 from rerank_runtime.kinds import DEFAULT_COMPRESS_LAYERS, build_request, get_kind
 from rerank_runtime.manifest import GraphInfo, Manifest, TensorSpec
@@ -31,7 +36,7 @@ class ExportOptions:
     output: str | None = None
     model_class: str | None = None
     precision: str = "fp32"
-    max_length: int = 512
+    max_length: int = DEFAULT_MAX_LENGTH
     cutoff_layers: tuple[int, ...] | None = None
     compress_ratio: int | None = None
     compress_layers: tuple[int, ...] | None = None
@@ -54,15 +59,16 @@ class ExportPlan:
     target: Target  # what is at the output now, and may be replaced
 
 
-def plan_export(opts: ExportOptions) -> ExportPlan:
-    """Validate every option against the model; raises before anything is loaded or written."""
+def plan_export(opts: ExportOptions, report: Progress | None = None) -> ExportPlan:
+    """Validate every option against the model; raises before anything is loaded or written (a built-in model is
+    generated on first use, which `report` is told about)."""
     if opts.precision not in PRECISIONS:
         raise ExportError(f"precision must be one of {PRECISIONS}, got {opts.precision!r}")
     if opts.model_class is not None and opts.model_class not in MODEL_CLASSES:
         raise ExportError(f"--model-class must be one of {MODEL_CLASSES}, got {opts.model_class!r}")
     if opts.max_length < 2:
         raise ExportError(f"--max-length must be at least 2, got {opts.max_length}")
-    checkpoint = resolve_model(opts.model)
+    checkpoint = resolve_model(opts.model, report.say if report is not None else None)
     config = read_json(checkpoint / "config.json")
     model_class = opts.model_class
     if model_class is None:
@@ -76,13 +82,9 @@ def plan_export(opts: ExportOptions) -> ExportPlan:
         raise ExportError(f"--max-length {opts.max_length} is more than this model serves: its position table serves "
                           f"{spec.max_positions} tokens; pass --max-length {spec.max_positions} or less")
     request, defaults = _request(opts, family, spec)
-    output = Path(opts.output) if opts.output else Path("exports") / f"{_name(opts.model)}-{opts.precision}"
+    output = Path(opts.output or default_output(opts.model, opts.precision))
     target = check_output(output, opts.overwrite, checkpoint)
     return ExportPlan(opts, checkpoint, config, family, spec, request, defaults, output, target)
-
-
-def _name(model: str) -> str:
-    return Path(model.rstrip("/")).name or "model"
 
 
 def _request(opts: ExportOptions, family: FamilySpec, spec: ModelSpec) -> tuple[GraphRequest, dict[str, Any]]:
@@ -138,8 +140,8 @@ def export_onnx(opts: ExportOptions, progress: Progress | None = None) -> Path:
     """Export, optimise, write manifest and tokenizer, verify; the output appears only when all of it succeeded.
 
     Nothing that is not provably ours is deleted or replaced: see rerank_export.output."""
-    plan = plan_export(opts)
     report = progress or Progress(PHASES if opts.verify else PHASES[:-1])
+    plan = plan_export(opts, report)
     parent = plan.output.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -173,19 +175,23 @@ def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
             cast_weights(model, opts.precision)
         wrapper = plan.family.build_wrapper(model, plan.config, plan.request, {"yes_token_id": plan.spec.yes_token_id})
     onnx_path = work / "model.onnx"
-    with report.phase("trace"):
+    with report.phase("trace"), _quiet_torchvision():
         external = trace_to_onnx(wrapper.eval(), plan.family, plan.request, plan.spec.pad_token_id, onnx_path)
     reraise_interrupt()
     del model, wrapper
     with report.phase("optimise"):
         if opts.precision == "int8":
-            from .quantize import quantize_int8
+            from .quantize import int8_plan, quantize_int8
 
+            quantise, keep = int8_plan(onnx_path)
+            report.say(f"quantising {len(quantise)} weight matmuls to int8 ({len(keep)} stay fp32: the first layer, "
+                       "every MLP down projection and the score heads)")
             external = quantize_int8(onnx_path, external)
     shutil.copyfile(tokenizer_file(plan.checkpoint), work / "tokenizer.json")
     tokenizer = Tokenizer.from_file(str(work / "tokenizer.json"))
     manifest = Manifest(
-        model_name=_name(opts.model), source=str(plan.checkpoint), family=plan.family.name, spec=plan.spec,
+        model_name=model_name(opts.model), source=os.path.abspath(plan.checkpoint), family=plan.family.name,
+        spec=plan.spec,
         precision=opts.precision, graph=graph_info(onnx_path, external), max_length=opts.max_length,
         max_sequence_length=max_sequence_length(plan, tokenizer), exits=plan.request.exits,
         compress_ratio=plan.request.compress_ratio, compress_layers=plan.request.compress_layers,
@@ -198,7 +204,7 @@ def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
         with report.phase("verify"):
             try:
                 result = verify(work, plan.checkpoint, plan.family.model_class, opts.precision, opts.max_length,
-                                _verify_call(plan))
+                                _verify_call(plan), report.counter)
             except ParityError as exc:  # name the output, not the temporary directory that is about to go
                 raise ParityError(
                     f"nothing was written to {plan.output}: " + str(exc).replace(str(work), "the export")
@@ -208,6 +214,22 @@ def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
         report.say(f"verified on {result['pairs']} probe pairs x {result['outputs']} outputs: max abs diff "
                    f"{result['max_abs_diff']:.2e}, Spearman {result['spearman']:.4f} ({result['method']})")
         replace(manifest, verification=result).write(work)
+
+
+@contextmanager
+def _quiet_torchvision() -> Iterator[None]:
+    """Drop torch.onnx's "torchvision is not installed. Skipping torchvision::nms" log lines (one per torchvision op,
+    logged on every export): no reranker graph uses those ops. Every other record of that logger still shows."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("torchvision is not installed")
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def _verify_call(plan: ExportPlan) -> dict[str, Any]:

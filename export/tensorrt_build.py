@@ -148,6 +148,13 @@ class _Clock:
             self._progress(f"[{self.elapsed():7.1f}s] {message}")
 
 
+def build_environment(options: EngineOptions) -> tuple[ModuleType, CudaRuntime, DeviceInfo]:
+    """TensorRT, the CUDA runtime and the GPU an engine is built on, or the error that says what is missing; cheap,
+    so `rerank-export --tensorrt` checks it before the ONNX export starts."""
+    trt, cuda = require("tensorrt"), CudaRuntime()
+    return trt, cuda, cuda.device_info(options.device_id)
+
+
 def build_engine(export_dir: Path | str, options: EngineOptions | None = None,
                  progress: Callable[[str], None] = print) -> Path:
     """Build <export_dir>/model.engine for GPU options.device_id and record it in manifest.json.
@@ -164,8 +171,7 @@ def build_engine(export_dir: Path | str, options: EngineOptions | None = None,
         raise ArtifactError(f"{onnx_path} is missing; re-export the artifact")
     if engine_path.exists() and not options.overwrite:
         raise ExportError(f"{engine_path} exists; pass overwrite=True (--overwrite) to replace it")
-    trt, cuda = require("tensorrt"), CudaRuntime()
-    device = cuda.device_info(options.device_id)
+    trt, cuda, device = build_environment(options)
     cuda.set_device(options.device_id)
     precision = manifest.precision
     strongly_typed = _typing(trt, precision, options, device)

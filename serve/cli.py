@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from rerank_runtime._deps import install_hint
+
 GRACEFUL_SHUTDOWN_S = 30  # how long SIGTERM waits for in-flight requests
 
 
@@ -40,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cross-request-batching", action="store_true",
                    help="score each request on its own (embedded server only; for comparison)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    ray = p.add_argument_group("Ray Serve (pip install 'bge-rerank-fast[ray]')")
+    ray = p.add_argument_group(f"Ray Serve: {install_hint('cpu', 'ray')}")
     ray.add_argument("--ray", action="store_true", help="serve on Ray Serve instead of one embedded process")
     ray.add_argument("--replicas", type=int, default=1, help="replicas (default 1)")
     ray.add_argument("--ray-address", default=None, help="an existing cluster (default: start a local Ray)")
