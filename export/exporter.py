@@ -7,7 +7,7 @@ import math
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -186,7 +186,8 @@ def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
             quantise, keep = int8_plan(onnx_path)
             report.say(f"quantising {len(quantise)} weight matmuls to int8 ({len(keep)} stay fp32: the first layer, "
                        "every MLP down projection and the score heads)")
-            external = quantize_int8(onnx_path, external)
+            with _quiet_preprocessing_advice():
+                external = quantize_int8(onnx_path, external)
     shutil.copyfile(tokenizer_file(plan.checkpoint), work / "tokenizer.json")
     tokenizer = Tokenizer.from_file(str(work / "tokenizer.json"))
     manifest = Manifest(
@@ -217,19 +218,31 @@ def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
 
 
 @contextmanager
-def _quiet_torchvision() -> Iterator[None]:
-    """Drop torch.onnx's "torchvision is not installed. Skipping torchvision::nms" log lines (one per torchvision op,
-    logged on every export): no reranker graph uses those ops. Every other record of that logger still shows."""
-    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+def _dropping(logger_name: str, prefix: str) -> Iterator[None]:
+    """Drop the records of one logger whose message starts with `prefix`, for the duration; every other record of
+    that logger still shows."""
+    logger = logging.getLogger(logger_name)
 
     def keep(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("torchvision is not installed")
+        return not record.getMessage().startswith(prefix)
 
     logger.addFilter(keep)
     try:
         yield
     finally:
         logger.removeFilter(keep)
+
+
+def _quiet_torchvision() -> AbstractContextManager[None]:
+    """torch.onnx logs "torchvision is not installed. Skipping torchvision::nms" (one line per torchvision op) on
+    every export: no reranker graph uses those ops."""
+    return _dropping("torch.onnx._internal.exporter._registration", "torchvision is not installed")
+
+
+def _quiet_preprocessing_advice() -> AbstractContextManager[None]:
+    """ONNX Runtime's quantiser advises, on the root logger, "Please consider to run pre-processing before
+    quantization" (shape inference for static quantisation); the int8 plan is dynamic and measured as it is."""
+    return _dropping("", "Please consider to run pre-processing before quantization")
 
 
 def _verify_call(plan: ExportPlan) -> dict[str, Any]:
