@@ -29,8 +29,8 @@ def main(root: str = "demo") -> int:
     base = Path(root)
     for name, family in REGISTRY.items():
         options, call = get_recipe(name).demo  # export options, compute_score arguments
-        print(f"\n== {name} ({family.model_class}) ==", flush=True)
         builtin = builtin_name(name, "tiny")  # the name `rerank-export list` gives the same model
+        print(f"\n== {builtin} ({family.model_class}) ==", flush=True)
         ckpt = write_checkpoint(name, "tiny", base / "checkpoints" / builtin)
         out = export_onnx(ExportOptions(model=str(ckpt), output=str(base / "exports" / f"{builtin}-fp32"),
                                         overwrite=True, **options))
