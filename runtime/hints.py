@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from .manifest import Manifest
 
 DEFAULT_MAX_LENGTH = 512  # FlagEmbedding's max_length default, and `rerank-export --max-length`'s
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 _PRECISION_SUFFIX = re.compile(r"-(fp32|fp16|bf16|int8)$")
 
 

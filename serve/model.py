@@ -112,6 +112,7 @@ def load(settings: ServeSettings) -> Model:
     reranker = FlagAutoReranker.from_finetuned(
         settings.export_dir, devices=devices, provider=settings.provider,
         max_batch_tokens=settings.max_batch_tokens, max_length=manifest.max_length,
+        show_progress_bar=False,  # a server's stderr is its log: no progress bar, even on a terminal
     )
     backends = backends_of(reranker.front.backend)  # load_artifact's front is a GraphFront
     placements = [b.placement for b in backends if isinstance(b, OnnxBackend)]  # what the runtime resolved

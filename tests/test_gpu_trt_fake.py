@@ -198,5 +198,6 @@ def test_a_failed_build_says_what_tensorrt_logged(build: Build) -> None:
 
 
 def test_a_directory_without_manifest_points_at_the_real_export_command(tmp_path: Path) -> None:
-    with pytest.raises(ArtifactError, match=r"create one with `rerank-export --model <checkpoint or hub id> --output "):
+    with pytest.raises(ArtifactError, match=rf"not an export directory; rerank-export writes one: `rerank-export --model "
+                                            rf"<checkpoint> --output {tmp_path}`"):
         tb.build_engine(tmp_path, OPTIONS, progress=lambda line: None)

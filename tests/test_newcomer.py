@@ -175,3 +175,16 @@ def test_the_head_position_rule_is_explained_with_the_export_command(tmp_path: P
     assert ("call with the export's cutoff_layers [3, 4], or export one for cutoff_layers [4]: "
             f"`rerank-export --model tests --max-length 16 --cutoff-layers 4 --output {tmp_path}-cutoff4-fp32`"
             in message)
+
+
+def test_the_server_draws_no_progress_bar_even_on_a_terminal(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("starlette")
+    from rerank_serve.model import load
+    from rerank_serve.settings import ServeSettings
+
+    tiny_export(tmp_path)
+    model = load(ServeSettings(export_dir=str(tmp_path), devices="cpu"))
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    model.score((16, None), [("hello", "world")] * 300)  # more than a batch: a terminal would get a bar
+    assert model.reranker.show_progress_bar is False and terminal.getvalue() == ""

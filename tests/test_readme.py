@@ -58,7 +58,7 @@ def parse(text: str) -> tuple[list[Block], list[int]]:
     pending: tuple[int, str] | None = None  # a marker waiting for its fence
     i = 0
     while i < len(lines):
-        marker, fence = MARKER.search(lines[i]), FENCE.match(lines[i])
+        marker, fence = MARKER.fullmatch(lines[i].strip()), FENCE.match(lines[i])  # a marker is a line of its own
         if marker:
             if pending:
                 stray.append(pending[0])
@@ -180,7 +180,7 @@ def test_every_marker_belongs_to_a_block_and_says_why() -> None:
 
 
 def test_the_parser_reads_fences_and_markers_only() -> None:
-    text = ("Prose with ``` inline and <!-- other comment -->\n"
+    text = ("Prose with ``` inline and <!-- other comment -->, `<!-- readme-test: skip (quoted) -->` in prose\n"
             "<!-- readme-test: skip (needs a GPU) -->\n```bash\nnvidia-smi\n```\n"
             "```python\nprint(1)\n```\n```text\noutput\n```\n"
             "<!-- readme-test: skip (stray) -->\nprose\n```\necho ok\n```\n")
