@@ -40,8 +40,9 @@ NO_GPU_BACKEND = 3
 def default_models() -> list[str]:
     """The tiny trained checkpoint of every registered family: tiny-<family with hyphens>-trained."""
     from rerank_export.families import REGISTRY
+    from rerank_export.testing.factory import builtin_name
 
-    return [f"tiny-{name.replace('_', '-')}-trained" for name in REGISTRY]
+    return [builtin_name(name, "tiny", trained=True) for name in REGISTRY]
 
 
 def settings_for(checkpoint: Path) -> tuple[dict[str, Any], dict[str, Any]]:

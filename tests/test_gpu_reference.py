@@ -11,7 +11,7 @@ import pytest
 
 from rerank_export.checkpoint import resolve_model
 from rerank_export.reference import FlagAutoReranker, ReferenceFront, load_reference
-from rerank_export.testing.factory import BUILTIN
+from rerank_export.testing.factory import BUILTIN, builtin_name
 from rerank_export.testing.pairs import parity_pairs
 from rerank_runtime.errors import ProviderUnavailableError
 from rerank_runtime.tolerances import tolerance
@@ -28,8 +28,8 @@ cuda_only = pytest.mark.skipif(not HAS_CUDA, reason=f"torch {torch.__version__} 
 def model(family: str) -> str:
     """The trained tiny checkpoint where the factory has one (scores spread like a real model's), else the random
     one."""
-    name = f"tiny-{family.replace('_', '-')}"
-    return f"{name}-trained" if f"{name}-trained" in BUILTIN else name
+    trained = builtin_name(family, "tiny", trained=True)
+    return trained if trained in BUILTIN else builtin_name(family, "tiny")
 
 
 def scores(family: str, **load: object) -> np.ndarray:
