@@ -143,7 +143,6 @@ def export_onnx(opts: ExportOptions, progress: Progress | None = None) -> Path:
     report = progress or Progress(PHASES if opts.verify else PHASES[:-1])
     plan = plan_export(opts, report)
     parent = plan.output.parent
-    report.say(f"exporting {plan.checkpoint} ({plan.family.name}, {plan.family.model_class}) at {opts.precision}")
     try:
         parent.mkdir(parents=True, exist_ok=True)
         for stale in remove_stale(parent):
@@ -153,6 +152,7 @@ def export_onnx(opts: ExportOptions, progress: Progress | None = None) -> Path:
         raise ExportError(f"cannot write the export beside {plan.output}: {exc.strerror} ({exc.filename}); "
                           "choose an --output in a writable directory") from None
     try:  # nothing between the work directory's creation and here: an interrupt must find it discarded
+        report.say(f"exporting {plan.checkpoint} ({plan.family.name}, {plan.family.model_class}) at {opts.precision}")
         _build(plan, work, report)
         reraise_interrupt()  # an interrupt a library swallowed (torch's exporter may retry) still stops the export
         publish(work, plan.target)
