@@ -39,11 +39,10 @@ def load(export: str, config: list[str], threads: int | None, max_batch_tokens: 
     import onnxruntime as ort
     from rerank_runtime import FlagAutoReranker
     from rerank_runtime.artifact import load_artifact
-    from rerank_runtime.onnx_backend import OnnxBackend
+    from rerank_runtime.onnx_backend import default_options
+    from rerank_runtime.providers import resolve
 
-    loaded = load_artifact(export, devices="cpu")
-    backend = loaded.backend
-    options = OnnxBackend._default_options(backend, ort, backend.placements[0])
+    options = default_options(ort, resolve("cpu", "cpu")[0])
     if threads:
         options.intra_op_num_threads = threads
     for entry in config:
@@ -155,11 +154,11 @@ def timed_graph(sides: dict[str, Any], pairs: list[list[str]], call: dict[str, A
                 ) -> dict[str, list[float]]:
     """Per round, every batch of the workload through both sessions (order alternating per batch); returns each
     side's summed graph time per round."""
-    from bench_profile import captured_batches
+    from bench_profile import captured_batches, session_inputs
+    from rerank_runtime.front import backends_of
 
     request, batches = captured_batches(sides["A"], pairs, call)
-    inputs = {s: [r.backend._inputs(feeds, len(request.compress_layers)) for feeds in batches]
-              for s, r in sides.items()}
+    inputs = {s: [session_inputs(r, request, feeds) for feeds in batches] for s, r in sides.items()}
     names = list(request.output_names)
     times: dict[str, list[float]] = {"A": [], "B": [], "batch_ratios": []}
     for r in range(rounds):
@@ -167,7 +166,7 @@ def timed_graph(sides: dict[str, Any], pairs: list[list[str]], call: dict[str, A
         for i in range(len(batches)):
             took = {}
             for side in ("A", "B") if (r + i) % 2 == 0 else ("B", "A"):
-                session = sides[side].backend._sessions[0]
+                session = backends_of(sides[side].front.backend)[0].session
                 start = time.perf_counter()
                 session.run(names, inputs[side][i])
                 took[side] = time.perf_counter() - start

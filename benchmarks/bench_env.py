@@ -9,12 +9,13 @@ import subprocess
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rerank_runtime.cores import physical_cores
+
+from rerank_runtime._deps import installed_versions
 
 REPO = Path(__file__).resolve().parent.parent
 DISTS = ("bge-rerank-fast", "numpy", "onnxruntime", "onnxruntime-gpu", "onnx", "tokenizers", "torch", "transformers",
@@ -40,13 +41,7 @@ def git_commit() -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in DISTS:
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    return installed_versions(DISTS, python=True)
 
 
 def environment(threads: int) -> dict[str, Any]:

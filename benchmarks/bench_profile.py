@@ -16,35 +16,26 @@ from typing import Any
 import numpy as np
 
 
-class _Capture:
-    """A Backend wrapper that keeps the feeds of every batch it runs, in order."""
-
-    def __init__(self, backend: Any) -> None:
-        self.backend = backend
-        self.batches: list[dict[str, np.ndarray]] = []
-
-    def check(self, request: Any) -> None:
-        self.backend.check(request)
-
-    def run(self, request: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        self.batches.append({k: v.copy() for k, v in feeds.items()})
-        out: list[np.ndarray] = self.backend.run(request, feeds)
-        return out
-
-
 def captured_batches(reranker: Any, pairs: list[list[str]], call: dict[str, Any]
                      ) -> tuple[Any, list[dict[str, np.ndarray]]]:
     """(the call's GraphRequest, the feeds of every batch the runtime builds for `pairs`, the longest first)."""
+    from rerank_runtime.front import FeedRecorder
+
     scorer = reranker._scorer
-    capture = _Capture(scorer.backend)
-    scorer.backend = capture
+    capture = FeedRecorder(scorer.front)
+    scorer.front = capture
     try:
         reranker.compute_score_array(pairs, **call)
     finally:
-        scorer.backend = capture.backend
-    if not capture.batches:
+        scorer.front = capture.front
+    if not capture.calls:
         raise RuntimeError("the runtime ran no batch for the profile pairs")
-    return reranker._plan(call)[0].request, capture.batches
+    return capture.calls[0][0], [feeds for _, feeds in capture.calls]
+
+
+def session_inputs(reranker: Any, request: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Exactly what the reranker's graph session is fed for a batch the host built (the call's compression plan)."""
+    return dict(reranker.front.graph.complete(request, feeds))
 
 
 def op_profile(reranker: Any, pairs: list[list[str]], call: dict[str, Any], threads: int,
@@ -60,13 +51,16 @@ def op_profiles(rerankers: list[Any], pairs: list[list[str]], call: dict[str, An
     """
     import onnxruntime as ort
 
+    from rerank_runtime.front import backends_of
+    from rerank_runtime.onnx_backend import default_options
+
     request, batches = captured_batches(rerankers[0], pairs, call)
     names = list(request.output_names)
     with tempfile.TemporaryDirectory() as tmp:
         sessions, inputs = [], []
         for i, reranker in enumerate(rerankers):
-            backend = reranker.backend
-            options = backend._default_options(ort, backend.placements[0])
+            backend = backends_of(reranker.front.backend)[0]
+            options = default_options(ort, backend.placement)
             options.intra_op_num_threads = threads
             options.enable_profiling = True
             options.profile_file_prefix = str(Path(tmp) / f"ort{i}")
@@ -74,7 +68,7 @@ def op_profiles(rerankers: list[Any], pairs: list[list[str]], call: dict[str, An
                 options.add_session_config_entry(*entry.split("=", 1))
             model = Path(backend.export_dir) / backend.manifest.graph.file
             sessions.append(ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"]))
-            inputs.append(backend._inputs(batches[0], len(request.compress_layers)))  # the call's compression plan
+            inputs.append(session_inputs(reranker, request, batches[0]))
         for _ in range(runs + 1):  # the first run is a warm-up, also profiled: dropped by keeping the last `runs`
             for session, feeds in zip(sessions, inputs):
                 session.run(names, feeds)

@@ -168,7 +168,7 @@ def targets(records: list[dict[str, Any]]) -> list[str]:
              f"| int8 Spearman >= {t['int8_spearman']} and the same top 10 of the latency query, every kind | "
              f"{_verdict(rho, t['int8_spearman'], '{:.4f}')}; top 10: "
              f"{', '.join(f'{k} ' + ('same' if v else '**differs**') for k, v in top10.items()) or 'not measured'} |",
-             f"| latency p50 for 1 query x passages, every contender | "
+             "| latency p50 for 1 query x passages, every contender | "
              + ("met: every timed contender" if not no_latency else f"**missed** for {', '.join(no_latency)}")
              + " |"]
     return lines

@@ -88,7 +88,7 @@ class Run:
         tol = tolerance("fp32", "cpu")
         self.tolerance = (tol.atol, tol.rtol)
         self.plans = {(c, d): make_requests(self.pool, c, d, args.requests_per_client, seed=1)
-                      for d in _ints(args.docs, "--docs") for c in _ints(args.clients, "--clients")}  # fmt: skip
+                      for d in _ints(args.docs, "--docs") for c in _ints(args.clients, "--clients")}
         self.expected: dict[tuple[str, str], float] = {}
 
     def offline(self) -> None:
@@ -101,7 +101,7 @@ class Run:
             seconds = time.perf_counter() - start
             self.expected.update(zip(pairs, scores.tolist()))
             self.emit({"type": "offline", "clients": clients, "docs": docs, "pairs": len(pairs), "seconds": seconds,
-                       "pairs_per_s": len(pairs) / seconds, "load_average": list(os.getloadavg())})  # fmt: skip
+                       "pairs_per_s": len(pairs) / seconds, "load_average": list(os.getloadavg())})
 
     def want(self, request: tuple[str, list[str]]) -> list[float]:
         return [self.expected[(request[0], d)] for d in request[1]]
@@ -120,7 +120,7 @@ class Run:
                 result = run_load(server.url, api, self.plans[(clients, docs)], self.want, self.tolerance)
                 self.emit({"type": "load", "server": name, "clients": clients, "docs": docs,
                            "requests_per_client": self.args.requests_per_client, **result,
-                           "load_average": list(os.getloadavg())})  # fmt: skip
+                           "load_average": list(os.getloadavg())})
         finally:
             self.emit({"type": "server-stopped", "server": name, "exit_code": server.stop()})
 
@@ -131,7 +131,7 @@ class Run:
     def servers(self, logs: Path) -> None:
         a = self.args
         flags = ["--max-batch-tokens", str(a.max_batch_tokens), "--max-batch-wait-ms", str(a.max_batch_wait_ms),
-                 "--max-client-batch", str(max(_ints(a.docs, "--docs")))]  # fmt: skip
+                 "--max-client-batch", str(max(_ints(a.docs, "--docs")))]
         everything = list(self.plans)
         self.serve("rerank-serve", rerank_serve(self.export, logs / "rerank-serve.log", *flags), TEI_RAW, everything)
         single = [k for k in everything if k == (target_clients([c for c, _ in everything]), min(d for _, d in everything))]
@@ -144,7 +144,7 @@ class Run:
             python = Path(a.infinity_python or self.cache / "venv-infinity" / "bin" / "python")
             if not python.is_file():
                 self.emit({"type": "server-failed", "server": peer, "message": f"no Infinity environment at {python}: "
-                           "create it as benchmarks/README.md says, or pass --infinity-python"})  # fmt: skip
+                           "create it as benchmarks/README.md says, or pass --infinity-python"})
                 continue
             self.serve(peer, infinity(python, self.checkpoint, self.cache, logs / "infinity.log"), INFINITY_API,
                        everything)
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         run.servers(logs)
     except Exception as exc:  # the record says why; the partial run is still reported
         out({"type": "failed", "error": {"type": type(exc).__name__, "message": str(exc),
-                                         "traceback": traceback.format_exc()}})  # fmt: skip
+                                         "traceback": traceback.format_exc()}})
     out({"type": "done", "seconds": time.perf_counter() - start, "load_average": list(os.getloadavg())})
     jsonl = out.finish()
     md, png = write_report(out.records, Path(args.out))

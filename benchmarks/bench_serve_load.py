@@ -38,13 +38,13 @@ class Api:
 
 
 TEI_RAW = Api("/rerank", lambda r: {"query": r[0], "texts": r[1], "raw_scores": True},
-              lambda body: {x["index"]: x["score"] for x in body})  # fmt: skip
+              lambda body: {x["index"]: x["score"] for x in body})
 
 
 # Infinity's /rerank: a Cohere-like body; raw_scores asks for logits rather than its sigmoid.
 INFINITY_MODEL = "bench-model"
 INFINITY_API = Api("/rerank", lambda r: {"model": INFINITY_MODEL, "query": r[0], "documents": r[1], "raw_scores": True},
-                   lambda body: {x["index"]: x["relevance_score"] for x in body["results"]})  # fmt: skip
+                   lambda body: {x["index"]: x["relevance_score"] for x in body["results"]})
 
 
 def make_requests(pool: list[list[str]], clients: int, docs: int, per_client: int, seed: int) -> list[list[Request]]:
@@ -69,7 +69,7 @@ def judge(got: dict[int, float], want: list[float], atol: float, rtol: float) ->
 
 
 async def _load(url: str, api: Api, plan: list[list[Request]], expected: Callable[[Request], list[float]],
-                tolerance: tuple[float, float], timeout: float) -> dict[str, Any]:  # fmt: skip
+                tolerance: tuple[float, float], timeout: float) -> dict[str, Any]:
     import httpx
 
     latencies: list[float] = []
@@ -98,14 +98,14 @@ async def _load(url: str, api: Api, plan: list[list[Request]], expected: Callabl
     wall = time.perf_counter() - start
     pairs = sum(len(docs) for reqs in plan for _, docs in reqs)
     summary = {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
-               "p99": percentile(latencies, 99)} if latencies else {}  # fmt: skip
+               "p99": percentile(latencies, 99)} if latencies else {}
     return {"requests": sum(len(r) for r in plan), "pairs": pairs, "wall_s": wall, "pairs_per_s": pairs / wall,
             "latency_s": summary, "ok": outcomes["ok"], "lost": outcomes["lost"],
-            "mismatched": outcomes["mismatched"], "statuses": dict(statuses)}  # fmt: skip
+            "mismatched": outcomes["mismatched"], "statuses": dict(statuses)}
 
 
 def run_load(url: str, api: Api, plan: list[list[Request]], expected: Callable[[Request], list[float]],
-             tolerance: tuple[float, float], timeout: float = 600.0) -> dict[str, Any]:  # fmt: skip
+             tolerance: tuple[float, float], timeout: float = 600.0) -> dict[str, Any]:
     return asyncio.run(_load(url, api, plan, expected, tolerance, timeout))
 
 
@@ -122,7 +122,7 @@ class ServerProcess:
     """A server subprocess on 127.0.0.1; `ready_path` answers 200 once it can serve. Output goes to `log`."""
 
     def __init__(self, name: str, argv: list[str], port: int, ready_path: str, log: Path,
-                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+                 env: dict[str, str] | None = None) -> None:
         self.name, self.argv, self.port, self.ready_path, self.log = name, argv, port, ready_path, log
         self.env = {**os.environ, **(env or {})}
         self.url = f"http://127.0.0.1:{port}"
@@ -137,7 +137,7 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before it was ready; "
-                                   f"last output:\n{self.log.read_text(errors='replace')[-2000:]}")  # fmt: skip
+                                   f"last output:\n{self.log.read_text(errors='replace')[-2000:]}")
             try:
                 if httpx.get(self.url + self.ready_path, timeout=5).status_code == 200:
                     return
@@ -161,7 +161,7 @@ class ServerProcess:
 def rerank_serve(export_dir: Path, log: Path, *extra: str) -> ServerProcess:
     port = free_port()
     argv = [sys.executable, "-m", "rerank_serve.cli", str(export_dir), "--port", str(port), "--log-level", "warning",
-            *extra]  # fmt: skip
+            *extra]
     return ServerProcess("rerank-serve", argv, port, "/ready", log)
 
 
@@ -184,6 +184,6 @@ def infinity(python: Path, checkpoint: Path, work: Path, log: Path) -> ServerPro
     port = free_port()
     argv = [str(python.parent / "infinity_emb"), "v2", "--model-id", str(view), "--served-model-name", INFINITY_MODEL,
             "--port", str(port), "--host", "127.0.0.1", "--engine", "torch", "--device", "cpu",
-            "--no-bettertransformer"]  # fmt: skip
+            "--no-bettertransformer"]
     return ServerProcess("infinity", argv, port, "/health", log, env={"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1",
                                                                       "INFINITY_ANONYMOUS_USAGE_STATS": "0"})

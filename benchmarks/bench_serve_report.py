@@ -64,7 +64,7 @@ def problems(records: list[dict[str, Any]]) -> list[str]:
     lines += [f"- the run failed: {r['error']['type']}: {r['error']['message']}" for r in _by(records, "failed")]
     lines += [f"- {r['server']} exited with {r['exit_code']} after SIGTERM (rerank-serve drains, then exits 0)"
               for r in _by(records, "server-stopped") if r["exit_code"] not in (0, None)
-              and r["server"].startswith(SERVE)]  # fmt: skip
+              and r["server"].startswith(SERVE)]
     return lines or ["- none"]
 
 
@@ -106,7 +106,7 @@ def chart(records: list[dict[str, Any]], path: Path) -> None:
         label = f"{server}, {docs} doc(s)"
         axes[0].plot([r["clients"] for r in rows], [r["pairs_per_s"] for r in rows], style, label=label)
         axes[1].plot([r["clients"] for r in rows], [1e3 * r["latency_s"]["p95"] for r in rows if r["latency_s"]],
-                     style, label=label)  # fmt: skip
+                     style, label=label)
     for docs in sorted({d for _, d in offline}):
         best = max(v for (c, d), v in offline.items() if d == docs)
         axes[0].axhline(best, color="grey", linestyle=":", linewidth=0.8)

@@ -184,6 +184,7 @@ class Context:
 
 def _runtime(ctx: Context, precision: str, name: str, provider: str = "cpu") -> Contender:
     import rerank_runtime
+    from rerank_runtime.front import backends_of
 
     record = ctx.exports.get(precision)
     if record is None:
@@ -196,7 +197,7 @@ def _runtime(ctx: Context, precision: str, name: str, provider: str = "cpu") -> 
         record["path"], model_class=ctx.model_class, devices=devices, provider=provider,
         max_batch_tokens=ctx.max_batch_tokens)
     info = {"export": record["path"], "provider": provider, "max_batch_tokens": ctx.max_batch_tokens,
-            "session_providers": getattr(reranker.backend, "session_providers", lambda: None)()}
+            "session_providers": [b.session_providers() for b in backends_of(reranker.front.backend)]}
     return InProcess(name, precision, reranker, info)
 
 

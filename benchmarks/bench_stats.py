@@ -1,5 +1,6 @@
-"""Pure maths of the benchmark: percentiles, rank correlation and the parity gate every contender passes first.
+"""Pure maths of the benchmark: percentiles and the parity gate every contender passes first.
 
+Rank correlation and the score bound are the runtime's own (rerank_runtime.tolerances: ranks, spearman, allclose).
 No torch, no onnxruntime: the smoke test imports this module on its own.
 """
 
@@ -10,6 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from rerank_runtime.tolerances import Tolerance, allclose, ranks, spearman
+
+__all__ = ["Gate", "GateResult", "latency_summary", "median", "parity_gate", "percentile", "ranks", "spearman"]
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -36,43 +41,10 @@ def latency_summary(samples: Sequence[float]) -> dict[str, float]:
     }
 
 
-def ranks(values: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share the mean of their positions), 0-based."""
-    values = np.asarray(values, dtype=np.float64)
-    order = np.argsort(values, kind="stable")
-    out = np.empty(len(values), dtype=np.float64)
-    sorted_values = values[order]
-    start = 0
-    for end in range(1, len(values) + 1):
-        if end == len(values) or sorted_values[end] != sorted_values[start]:
-            out[order[start:end]] = (start + end - 1) / 2.0
-            start = end
-    return out
-
-
-def spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
-    """Spearman's rho with tie-averaged ranks; 1.0 for fewer than two values or two constant inputs."""
-    x, y = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
-    if x.shape != y.shape:
-        raise ValueError(f"spearman needs two equally long score vectors, got {x.shape} and {y.shape}")
-    if x.size < 2:
-        return 1.0
-    rx, ry = ranks(x) - (x.size - 1) / 2.0, ranks(y) - (y.size - 1) / 2.0
-    denom = math.sqrt(float((rx * rx).sum()) * float((ry * ry).sum()))
-    return 1.0 if denom == 0.0 else float((rx * ry).sum() / denom)
-
-
-@dataclass(frozen=True)
-class Gate:
-    """What a contender's scores must achieve against the reference's before it is timed.
-
-    atol/rtol: |got - ref| <= atol + rtol * |ref| for every score (inf atol: ranking only, as for int8);
-    min_spearman: Spearman's rho over the gate set.
-    """
-
-    atol: float
-    rtol: float
-    min_spearman: float
+# What a contender's scores must achieve against the reference's before it is timed: the tolerance table's rule,
+# |got - ref| <= atol + rtol * |ref| for every score (inf atol: ranking only, as for int8), and Spearman's rho over the
+# gate set of at least min_spearman.
+Gate = Tolerance
 
 
 @dataclass(frozen=True)
@@ -97,12 +69,11 @@ def parity_gate(got: Sequence[float] | np.ndarray, expected: Sequence[float] | n
     if not np.all(np.isfinite(g)):
         bad = int((~np.isfinite(g)).sum())
         return GateResult(False, math.inf, 0.0, int(e.size), f"{bad} of {g.size} scores are not finite")
-    diff = np.abs(g - e)
-    worst = float(diff.max()) if diff.size else 0.0
+    close = allclose(g, e, gate)
+    worst = close.max_abs_diff
     rho = spearman(g, e)
-    excess = float((diff - (gate.atol + gate.rtol * np.abs(e))).max()) if diff.size else 0.0
     problems = []
-    if excess > 0:
+    if not close.ok:
         problems.append(f"max abs diff {worst:.3g} exceeds atol {gate.atol:g} + rtol {gate.rtol:g} * |ref|")
     if rho < gate.min_spearman:
         problems.append(f"Spearman {rho:.4f} is below {gate.min_spearman}")

@@ -142,11 +142,12 @@ def _which(name: str) -> bool:
 
 @dataclass
 class Built:
-    """One backend over one model and precision: `reranker` for parity (compute_score_array), `backend` for timing
-    (Backend.run), `stream` the address of the CUDA stream it computes on (None: unknown, timed by the host clock)."""
+    """One backend over one model and precision: `reranker` for parity (compute_score_array), `front` for timing
+    (Front.run: the request front and the backend, as compute_score runs each batch), `stream` the address of the
+    CUDA stream it computes on (None: unknown, timed by the host clock)."""
 
     reranker: Any
-    backend: Any
+    front: Any
     stream: int | None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -162,8 +163,8 @@ def build(name: str, checkpoint: str, export_dir: Path | None, precision: str, s
 
         loaded = load_reference(checkpoint, model_class=None, devices="cuda:0", use_fp16=precision == "fp16",
                                 use_bf16=precision == "bf16")
-        return Built(FlagAutoReranker.from_loaded(loaded, **settings), loaded.backend,
-                     int(torch.cuda.current_stream().cuda_stream), {"dtype": loaded.backend.dtype})
+        return Built(FlagAutoReranker.from_loaded(loaded, **settings), loaded.front,
+                     int(torch.cuda.current_stream().cuda_stream), {"dtype": loaded.front.dtype})
     assert export_dir is not None
     if name in _ORT_PROVIDER:
         return _ort(name, export_dir, settings, cuda)
@@ -171,13 +172,15 @@ def build(name: str, checkpoint: str, export_dir: Path | None, precision: str, s
 
     info = ensure_engine(export_dir, engine_options)
     loaded = load_artifact(export_dir, provider="trt-engine", devices="cuda:0")
-    return Built(FlagAutoReranker.from_loaded(loaded, **settings), loaded.backend, loaded.backend.stream_handle, info)
+    engine = loaded.front.backend  # one device: the TensorRTBackend itself
+    return Built(FlagAutoReranker.from_loaded(loaded, **settings), loaded.front, engine.stream_handle, info)
 
 
 def _ort(name: str, export_dir: Path, settings: dict[str, Any], cuda: Any) -> Built:
     """The runtime over ONNX Runtime, on a stream of ours (user_compute_stream) so that events can time it."""
     from tokenizers import Tokenizer
 
+    from rerank_runtime.front import GraphFront, ServedGraph
     from rerank_runtime.manifest import Manifest
     from rerank_runtime.onnx_backend import OnnxBackend
     from rerank_runtime.providers import resolve
@@ -187,33 +190,37 @@ def _ort(name: str, export_dir: Path, settings: dict[str, Any], cuda: Any) -> Bu
     manifest = Manifest.read(export_dir)
     stream = cuda.handle(cuda.stream_create()) if cuda is not None else None
     options = {"user_compute_stream": stream} if stream is not None else None
-    placements = resolve(name.removeprefix("ort-"), "cuda:0", manifest=manifest, export_dir=export_dir,
-                         provider_options=options)
-    backend = OnnxBackend(export_dir, manifest, placements)
-    loaded = Loaded(manifest.spec, Tokenizer.from_file(str(export_dir / manifest.tokenizer)), backend,
+    [placement] = resolve(name.removeprefix("ort-"), "cuda:0", manifest=manifest, export_dir=export_dir,
+                          provider_options=options)
+    backend = OnnxBackend(export_dir, manifest, placement)
+    front = GraphFront(ServedGraph.of(manifest, export_dir), backend)
+    loaded = Loaded(manifest.spec, Tokenizer.from_file(str(export_dir / manifest.tokenizer)), front,
                     dict(manifest.defaults))
-    placement = backend.node_placements[0]
-    return Built(FlagAutoReranker.from_loaded(loaded, **settings), backend, stream,
-                 {"placement": placement.to_dict() if placement else None,
-                  "session_providers": backend.session_providers()[0]})
+    found = backend.node_placement
+    return Built(FlagAutoReranker.from_loaded(loaded, **settings), front, stream,
+                 {"placement": found.to_dict() if found else None, "session_providers": backend.session_providers()})
 
 
 def ensure_engine(export_dir: Path, options: Any) -> dict[str, Any]:
     """Build the export's engine unless the one recorded was built here (same TensorRT, same GPU)."""
-    import json
+    import time
 
     import tensorrt as trt
 
     from rerank_export.tensorrt_build import build_engine
     from rerank_runtime.cudart import CudaRuntime
+    from rerank_runtime.manifest import Manifest
 
-    section = json.loads((export_dir / "manifest.json").read_text()).get("tensorrt") or {}
+    record = Manifest.read(export_dir).tensorrt
     device = CudaRuntime().device_info(options.device_id)
-    reuse = (section.get("tensorrt_version") == trt.__version__ and (export_dir / "model.engine").is_file()
-             and section.get("compute_capability") == device.compute_capability
-             and section.get("max_batch_size") == options.max_batch_size)
+    reuse = (record is not None and record.tensorrt_version == trt.__version__
+             and (export_dir / record.engine_file).is_file() and record.compute_capability == device.compute_capability
+             and max(p.max_batch_size for p in record.profiles) == options.max_batch_size)
+    started = time.monotonic()
     if not reuse:
         build_engine(export_dir, options, progress=lambda line: print(f"    {line}", flush=True))
-        section = json.loads((export_dir / "manifest.json").read_text())["tensorrt"]
-    return {"engine_reused": reuse, "build_seconds": section["build_seconds"], "engine_bytes": section["engine_bytes"],
-            "profiles": len(section["profiles"]), "precision_handling": section["precision_handling"]}
+        record = Manifest.read(export_dir).tensorrt
+    assert record is not None
+    return {"engine_reused": reuse, "build_seconds": 0.0 if reuse else round(time.monotonic() - started, 1),
+            "engine_bytes": record.engine_bytes, "profiles": len(record.profiles),
+            "precision_handling": record.precision_handling}

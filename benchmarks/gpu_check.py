@@ -23,6 +23,7 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from gpu_backends import BACKENDS, TOLERANCE_KEY, Built, build, unavailable, versions
-from gpu_measure import EventTimer, HostTimer, Recorder, compare, graph_replay_proof, grid_feeds, time_calls
+from gpu_measure import EventTimer, HostTimer, compare, graph_replay_proof, grid_feeds, time_calls
 
 HERE = Path(__file__).resolve().parent
 NO_GPU_BACKEND = 3
@@ -39,8 +40,9 @@ NO_GPU_BACKEND = 3
 def default_models() -> list[str]:
     """The tiny trained checkpoint of every registered family: tiny-<family with hyphens>-trained."""
     from rerank_export.families import REGISTRY
+    from rerank_export.testing.factory import builtin_name
 
-    return [f"tiny-{name.replace('_', '-')}-trained" for name in REGISTRY]
+    return [builtin_name(name, "tiny", trained=True) for name in REGISTRY]
 
 
 def settings_for(checkpoint: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -128,8 +130,8 @@ def check_model(check: Check, model: str, present: list[str]) -> None:
     from rerank_export.checkpoint import resolve_model
     from rerank_export.reference import load_reference
     from rerank_export.testing.pairs import benchmark_pairs, parity_pairs
+    from rerank_runtime.front import FeedRecorder
     from rerank_runtime.rerankers import FlagAutoReranker
-    from rerank_runtime.spec import Loaded
 
     args = check.args
     checkpoint = resolve_model(model)
@@ -146,8 +148,8 @@ def check_model(check: Check, model: str, present: list[str]) -> None:
         return
     pairs = parity_pairs() + benchmark_pairs(args.pairs, seed=0, min_tokens=4, max_tokens=length)
     loaded = load_reference(str(checkpoint), model_class=None, devices="cpu")  # fp32 on the CPU: the yardstick
-    recorder = Recorder(loaded.backend)
-    reference = FlagAutoReranker.from_loaded(Loaded(loaded.spec, loaded.tokenizer, recorder), **settings)
+    recorder = FeedRecorder(loaded.front)
+    reference = FlagAutoReranker.from_loaded(replace(loaded, front=recorder), **settings)
     ref = scores(reference, pairs, args.batch, length)
     most = max(args.batches)
     long_pairs = benchmark_pairs(2 * most, seed=1, min_tokens=2 * length, max_tokens=2 * length)  # all cut
@@ -216,14 +218,17 @@ def cuda_runtime() -> Any:
 
 def graphs(check: Check, label: str, export: Path, grid: dict) -> dict[str, Any]:
     """Capture with batch A, replay on batch B (same shape), compare with a plain run on B, at the smallest shape."""
+    from rerank_runtime.front import ServedGraph
     from rerank_runtime.manifest import Manifest
     from rerank_runtime.trt_backend import TensorRTBackend
 
     (batch, length), (request, (feeds_a, feeds_b)) = min(grid.items())
-    raw = Manifest.read(export).to_dict()
-    with TensorRTBackend(export, raw, use_cuda_graphs=True, cuda_graph_max_batch=batch) as with_graphs, \
-            TensorRTBackend(export, raw) as plain:
-        proof = graph_replay_proof(with_graphs, plain, request, feeds_a, feeds_b)
+    manifest = Manifest.read(export)
+    served = ServedGraph.of(manifest, export)  # the backends take complete feeds
+    complete_a, complete_b = served.complete(request, feeds_a), served.complete(request, feeds_b)
+    with TensorRTBackend(export, manifest, use_cuda_graphs=True, cuda_graph_max_batch=batch) as with_graphs, \
+            TensorRTBackend(export, manifest) as plain:
+        proof = graph_replay_proof(with_graphs, plain, request.output_names, complete_a, complete_b)
     if not proof["passed"]:
         check.fail(f"{label}: CUDA graph replay: " + "; ".join(proof["problems"]))
     return proof
@@ -238,7 +243,7 @@ def timing(check: Check, built: Built, grid: dict, cuda: Any) -> list[dict[str, 
             if check.over_budget():
                 rows.append({"batch": batch, "length": length, "skipped": "time budget spent"})
                 continue
-            stats = time_calls(lambda: built.backend.run(request, feeds), timer, args.warmup, args.iters, batch)
+            stats = time_calls(lambda: built.front.run(request, feeds), timer, args.warmup, args.iters, batch)
             rows.append({"batch": batch, "length": length, "padded_length": int(feeds["input_ids"].shape[1]),
                          **stats})
     finally:

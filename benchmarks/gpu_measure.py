@@ -2,8 +2,8 @@
 
 - `compare`: a backend's scores against the fp32 PyTorch reference with the tolerance table (atol + rtol and
   Spearman, via bench_stats.parity_gate), top-10 identity, and no NaN/inf.
-- `Recorder` and `grid_feeds`: the real feeds of one compute_score call per (batch size, sequence length), made by
-  the runtime's host code, so every backend times the same tensors.
+- `grid_feeds`: the real feeds of one compute_score call per (batch size, sequence length), made by the runtime's
+  host code and kept by a rerank_runtime.front.FeedRecorder, so every backend times the same tensors.
 - `time_calls`: p50/p99 of Backend.run() calls after a warm-up, measured with CUDA events recorded on the stream the
   backend computes on (host-to-device copies, compute and device-to-host copies of one call), or with the host clock
   where no stream is known; the JSON says which.
@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from rerank_runtime.front import FeedRecorder
 
 from bench_stats import Gate, parity_gate, percentile, top_k
 
@@ -49,24 +51,7 @@ def compare(got: np.ndarray, ref: np.ndarray, tolerance: Any) -> dict[str, Any]:
             "spearman": min((r["spearman"] for r in rows), default=1.0)}
 
 
-class Recorder:
-    """A Backend wrapper that keeps the (request, feeds) of every batch it is asked to run."""
-
-    def __init__(self, backend: Any) -> None:
-        self.backend = backend
-        self.concurrency = getattr(backend, "concurrency", 1)
-        self.calls: list[tuple[Any, dict[str, np.ndarray]]] = []
-
-    def check(self, request: Any) -> None:
-        self.backend.check(request)
-
-    def run(self, request: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        self.calls.append((request, {k: np.array(v, copy=True) for k, v in feeds.items()}))
-        out: list[np.ndarray] = self.backend.run(request, feeds)
-        return out
-
-
-def grid_feeds(score: Callable[[list[list[str]], int, int], object], recorder: Recorder,
+def grid_feeds(score: Callable[[list[list[str]], int, int], object], recorder: FeedRecorder,
                pairs_a: list[list[str]], pairs_b: list[list[str]], batches: Sequence[int],
                lengths: Sequence[int]) -> dict[tuple[int, int], tuple[Any, list[dict]]]:
     """(batch, length) -> (request, [feeds A, feeds B]): two batches of the same shapes and different tokens.
@@ -133,14 +118,15 @@ def time_calls(run: Callable[[], object], timer: Any, warmup: int, iters: int, b
             "pairs_per_s": batch / (p50 / 1e3) if p50 > 0 else None, "timer": timer.kind}
 
 
-def graph_replay_proof(graphs: Any, plain: Any, request: Any, feeds_a: dict, feeds_b: dict) -> dict[str, Any]:
+def graph_replay_proof(graphs: Any, plain: Any, names: Sequence[str], feeds_a: dict, feeds_b: dict) -> dict[str, Any]:
     """graphs: a backend with CUDA graphs on (its first run of a shape captures, the next replays); plain: the same
-    engine without. Passed when the replay on B equals a plain run on B (within the plain runs' own run-to-run
-    spread, 0 for a deterministic engine), differs from A's scores, and nothing was captured again."""
-    scores_a = np.stack(graphs.run(request, feeds_a))
+    engine without; feeds: complete (front.ServedGraph.complete). Passed when the replay on B equals a plain run on B
+    (within the plain runs' own run-to-run spread, 0 for a deterministic engine), differs from A's scores, and
+    nothing was captured again."""
+    scores_a = np.stack(graphs.run(names, feeds_a))
     captured = graphs.captured_shapes()
-    replay_b = np.stack(graphs.run(request, feeds_b))
-    plain_b, again_b = np.stack(plain.run(request, feeds_b)), np.stack(plain.run(request, feeds_b))
+    replay_b = np.stack(graphs.run(names, feeds_b))
+    plain_b, again_b = np.stack(plain.run(names, feeds_b)), np.stack(plain.run(names, feeds_b))
     spread, diff = float(np.abs(plain_b - again_b).max()), float(np.abs(replay_b - plain_b).max())
     problems = []
     if len(captured) != 1 or graphs.captured_shapes() != captured:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rerank_runtime._deps import require
 from rerank_runtime.errors import ArtifactError, ModelNotFoundError
+from rerank_runtime.hints import did_you_mean
 from rerank_runtime.integrity import read_tokenizer, sha256_file
 from rerank_runtime.layout import pair_template, text_ids
-from rerank_runtime.spec import ENCODER, YES_TEXT, ModelSpec
+from rerank_runtime.kinds import AUTO_RERANKER_MAPPING, get_kind
+from rerank_runtime.spec import YES_TEXT, ModelSpec
 
 from .families import FamilySpec
 from .weights import INDEX, check_weights, load_state_dict, read_json
@@ -27,26 +30,36 @@ def hub_cache_dir() -> Path:
     return home / "hub"
 
 
-def resolve_model(name: str) -> Path:
-    """A local directory, a built-in demo model, a short BAAI name or a hub id found in the local hub cache."""
+def resolve_model(name: str, say: Callable[[str], None] | None = None) -> Path:
+    """A local directory, a built-in demo model, a short BAAI name or a hub id found in the local hub cache.
+
+    A built-in model is generated (and trained) on first use; `say` is told so, with where it is cached."""
     path = Path(name).expanduser()
     if path.is_dir():
         return path
-    from .testing.factory import BUILTIN, builtin_checkpoint
+    from .testing.factory import BUILTIN, builtin_checkpoint, builtin_path, cache_root
 
     if name in BUILTIN:
+        if say is not None and not (builtin_path(name) / "config.json").is_file():
+            training = " and a short training run" if BUILTIN[name].trained else ""
+            say(f"generating the built-in model {name} (first use{training}); it is cached under "
+                f"{cache_root() / 'checkpoints'} (RERANK_CACHE)")
         return builtin_checkpoint(name)
     repo = name if "/" in name else f"BAAI/{name}"
+    known = [*BUILTIN, *(f"BAAI/{n}" if "/" in name else n for n in AUTO_RERANKER_MAPPING if n.startswith("bge-"))]
     if repo.count("/") != 1 or name.startswith((".", "/", "~")):
         raise ModelNotFoundError(
-            f"model {name!r} is not a directory; pass a checkpoint directory holding config.json, a hub id (org/name) "
-            f"that is in the local Hugging Face cache, or a built-in model: {sorted(BUILTIN)}"
+            f"model {name!r} is not a directory{did_you_mean(name, known)}; pass a checkpoint directory holding "
+            "config.json, a hub id (org/name) that is in the local Hugging Face cache, or a built-in model "
+            "(`rerank-export list`)"
         )
     snapshot = _cached_snapshot(repo)
     if snapshot is None:
+        guess = did_you_mean(name, known) if name not in known and repo not in known else ""
         raise ModelNotFoundError(
-            f"{repo} is not in the local Hugging Face cache ({hub_cache_dir()}) and this tool never downloads weights. "
-            f"Download it first (`huggingface-cli download {repo}`) or pass --model /path/to/checkpoint"
+            f"{repo} is not in the local Hugging Face cache ({hub_cache_dir()}){guess}, and this tool never downloads "
+            f"weights. Download it first (`hf download {repo}`, from huggingface_hub) or pass --model "
+            "/path/to/checkpoint; built-in models: `rerank-export list`"
         )
     return snapshot
 
@@ -140,8 +153,8 @@ def model_spec(directory: Path, config: dict[str, Any], family: FamilySpec) -> M
         raise ArtifactError(f"{directory}: the tokenizer has no pad token and config.json no pad_token_id; FlagEmbedding needs one")
     side = tcfg.get("padding_side") or ("left" if tcfg.get("tokenizer_class") in _LEFT_PADDING_CLASSES else "right")
     common = dict(model_class=family.model_class, pad_token_id=pad, padding_side=side,
-                  model_max_length=_max_length(tcfg), max_positions=family.max_positions(config))
-    if family.model_class == ENCODER:
+                  max_positions=family.max_positions(config))
+    if not get_kind(family.model_class).prompted:  # the encoder's pair template
         prefix, middle, suffix = pair_template(tok)
         return ModelSpec(**common, pair_prefix=prefix, pair_middle=middle, pair_suffix=suffix)
     yes = text_ids(tok, YES_TEXT)
@@ -150,7 +163,3 @@ def model_spec(directory: Path, config: dict[str, Any], family: FamilySpec) -> M
     return ModelSpec(**common, bos_token_id=token_id("bos_token", None), yes_token_id=yes[0],
                      num_layers=n, start_layer=start, layer_sep=sep)
 
-
-def _max_length(tcfg: dict[str, Any]) -> int | None:
-    value = tcfg.get("model_max_length")
-    return int(value) if isinstance(value, (int, float)) and value < 1e9 else None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .exporter import ExportOptions, export_onnx
 from .families import REGISTRY
-from .testing.factory import write_checkpoint
+from .testing.factory import builtin_name, write_checkpoint
 from .testing.recipes import get_recipe
 
 PAIRS = [
@@ -29,9 +29,10 @@ def main(root: str = "demo") -> int:
     base = Path(root)
     for name, family in REGISTRY.items():
         options, call = get_recipe(name).demo  # export options, compute_score arguments
-        print(f"\n== {name} ({family.model_class}) ==", flush=True)
-        ckpt = write_checkpoint(name, "tiny", base / "checkpoints" / f"tiny-{name}")
-        out = export_onnx(ExportOptions(model=str(ckpt), output=str(base / "exports" / f"tiny-{name}-fp32"),
+        builtin = builtin_name(name, "tiny")  # the name `rerank-export list` gives the same model
+        print(f"\n== {builtin} ({family.model_class}) ==", flush=True)
+        ckpt = write_checkpoint(name, "tiny", base / "checkpoints" / builtin)
+        out = export_onnx(ExportOptions(model=str(ckpt), output=str(base / "exports" / f"{builtin}-fp32"),
                                         overwrite=True, **options))
         reference = Reference.from_finetuned(str(ckpt), model_class=family.model_class, **_as_call(options))
         runtime = Runtime.from_finetuned(str(out))
@@ -39,7 +40,18 @@ def main(root: str = "demo") -> int:
         run_scores = runtime.compute_score_array(PAIRS, **call)
         _table(ref_scores, run_scores)
     print("\nThe runtime scored every pair like the PyTorch reference; see README.md for the parity with FlagEmbedding.")
+    print(NEXT.format(root=base))
     return 0
+
+
+NEXT = """
+Next: the commands are installed in .venv/bin. Activate the environment (`source .venv/bin/activate`) or call them
+by path, e.g.
+  .venv/bin/rerank-export list
+  .venv/bin/rerank-export --model tiny-gemma-trained          # writes exports/tiny-gemma-trained-fp32
+  .venv/bin/python -c "from rerank_runtime import FlagLLMReranker as R; print(R('{root}/exports/tiny-gemma-fp32')\
+.compute_score(['what is panda?', 'hi']))"
+"""
 
 
 def _as_call(options: dict) -> dict:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from rerank_runtime._deps import installed_versions
 from rerank_runtime.errors import ExportError, ParityError
+from rerank_runtime.hints import DEFAULT_MAX_LENGTH, default_output, model_name
 from rerank_runtime.integrity import describe_tokenizer
 from rerank_runtime.kinds import DEFAULT_COMPRESS_LAYERS, build_request, get_kind
 from rerank_runtime.manifest import GraphInfo, Manifest, TensorSpec
-from rerank_runtime.spec import LAYERWISE, LIGHTWEIGHT, MODEL_CLASSES, GraphRequest, ModelSpec
+from rerank_runtime.spec import MODEL_CLASSES, GraphRequest, ModelSpec
 
 from .checkpoint import load_model, model_spec, read_json, resolve_model, tokenizer_file
 from .families import FamilySpec, detect_family
@@ -30,7 +36,7 @@ class ExportOptions:
     output: str | None = None
     model_class: str | None = None
     precision: str = "fp32"
-    max_length: int = 512
+    max_length: int = DEFAULT_MAX_LENGTH
     cutoff_layers: tuple[int, ...] | None = None
     compress_ratio: int | None = None
     compress_layers: tuple[int, ...] | None = None
@@ -53,15 +59,16 @@ class ExportPlan:
     target: Target  # what is at the output now, and may be replaced
 
 
-def plan_export(opts: ExportOptions) -> ExportPlan:
-    """Validate every option against the model; raises before anything is loaded or written."""
+def plan_export(opts: ExportOptions, report: Progress | None = None) -> ExportPlan:
+    """Validate every option against the model; raises before anything is loaded or written (a built-in model is
+    generated on first use, which `report` is told about)."""
     if opts.precision not in PRECISIONS:
         raise ExportError(f"precision must be one of {PRECISIONS}, got {opts.precision!r}")
     if opts.model_class is not None and opts.model_class not in MODEL_CLASSES:
         raise ExportError(f"--model-class must be one of {MODEL_CLASSES}, got {opts.model_class!r}")
     if opts.max_length < 2:
         raise ExportError(f"--max-length must be at least 2, got {opts.max_length}")
-    checkpoint = resolve_model(opts.model)
+    checkpoint = resolve_model(opts.model, report.say if report is not None else None)
     config = read_json(checkpoint / "config.json")
     model_class = opts.model_class
     if model_class is None:
@@ -75,13 +82,9 @@ def plan_export(opts: ExportOptions) -> ExportPlan:
         raise ExportError(f"--max-length {opts.max_length} is more than this model serves: its position table serves "
                           f"{spec.max_positions} tokens; pass --max-length {spec.max_positions} or less")
     request, defaults = _request(opts, family, spec)
-    output = Path(opts.output) if opts.output else Path("exports") / f"{_name(opts.model)}-{opts.precision}"
+    output = Path(opts.output or default_output(opts.model, opts.precision))
     target = check_output(output, opts.overwrite, checkpoint)
     return ExportPlan(opts, checkpoint, config, family, spec, request, defaults, output, target)
-
-
-def _name(model: str) -> str:
-    return Path(model.rstrip("/")).name or "model"
 
 
 def _request(opts: ExportOptions, family: FamilySpec, spec: ModelSpec) -> tuple[GraphRequest, dict[str, Any]]:
@@ -91,22 +94,23 @@ def _request(opts: ExportOptions, family: FamilySpec, spec: ModelSpec) -> tuple[
         raise ExportError(f"--cutoff-layers applies to layerwise and lightweight rerankers; {family.name} has one score")
     if compressing and not kind.takes_compression:
         raise ExportError(f"--compress-ratio/--compress-layers apply to the lightweight reranker only, not {family.name}")
+    if not kind.takes_cutoff:
+        return GraphRequest(), {}
     cutoff = list(opts.cutoff_layers) if opts.cutoff_layers is not None else None
+    ratio = opts.compress_ratio if opts.compress_ratio is not None else 1
+    layers = list(opts.compress_layers) if opts.compress_layers is not None else list(DEFAULT_COMPRESS_LAYERS)
     try:
-        if family.model_class == LAYERWISE:
-            # Every head up to the deepest requested layer, so any cutoff_layers up to it can be served.
-            deepest = max(build_request(kind, spec, cutoff_layers=cutoff).exits)[0]
-            exits = tuple((layer, layer - spec.start_layer) for layer in range(spec.start_layer, deepest + 1))
-            return GraphRequest(exits=exits), {"cutoff_layers": cutoff}
-        if family.model_class == LIGHTWEIGHT:
-            ratio = opts.compress_ratio if opts.compress_ratio is not None else 1
-            layers = list(opts.compress_layers) if opts.compress_layers is not None else list(DEFAULT_COMPRESS_LAYERS)
-            request = build_request(kind, spec, cutoff_layers=cutoff, compress_ratio=ratio, compress_layers=layers)
-            _refuse_idle_compression(opts, ratio, layers, request)
-            return request, {"cutoff_layers": cutoff, "compress_ratio": ratio, "compress_layers": layers}
+        request = build_request(kind, spec, cutoff_layers=cutoff, compress_ratio=ratio, compress_layers=layers)
     except (TypeError, ValueError) as exc:
         raise ExportError(str(exc)) from None
-    return GraphRequest(), {}
+    if kind.bakes_every_head:  # every head up to the deepest requested layer: any cutoff_layers up to it is served
+        deepest, start = max(request.exits)[0], spec.start_layer or 0
+        return GraphRequest(exits=tuple((layer, layer - start) for layer in range(start, deepest + 1))), {
+            "cutoff_layers": cutoff}
+    if not kind.takes_compression:
+        return request, {"cutoff_layers": cutoff}
+    _refuse_idle_compression(opts, ratio, layers, request)
+    return request, {"cutoff_layers": cutoff, "compress_ratio": ratio, "compress_layers": layers}
 
 
 def _refuse_idle_compression(opts: ExportOptions, ratio: int, layers: list[int], request: GraphRequest) -> None:
@@ -125,7 +129,7 @@ def _refuse_idle_compression(opts: ExportOptions, ratio: int, layers: list[int],
 def max_sequence_length(plan: ExportPlan, tokenizer: Any) -> int:
     """The longest sequence FlagEmbedding's layout makes at max_length with the default prompt."""
     n = plan.options.max_length
-    if get_kind(plan.family.model_class).default_prompt is None:
+    if not get_kind(plan.family.model_class).prompted:  # the pair template: max_length is the whole sequence
         return n
     layout = describe_tokenizer(tokenizer, plan.spec)
     sep, prompt = len(layout.separator_ids), len(layout.prompt_ids)
@@ -136,8 +140,8 @@ def export_onnx(opts: ExportOptions, progress: Progress | None = None) -> Path:
     """Export, optimise, write manifest and tokenizer, verify; the output appears only when all of it succeeded.
 
     Nothing that is not provably ours is deleted or replaced: see rerank_export.output."""
-    plan = plan_export(opts)
     report = progress or Progress(PHASES if opts.verify else PHASES[:-1])
+    plan = plan_export(opts, report)
     parent = plan.output.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -147,8 +151,8 @@ def export_onnx(opts: ExportOptions, progress: Progress | None = None) -> Path:
     except OSError as exc:
         raise ExportError(f"cannot write the export beside {plan.output}: {exc.strerror} ({exc.filename}); "
                           "choose an --output in a writable directory") from None
-    report.say(f"exporting {plan.checkpoint} ({plan.family.name}, {plan.family.model_class}) at {opts.precision}")
-    try:
+    try:  # nothing between the work directory's creation and here: an interrupt must find it discarded
+        report.say(f"exporting {plan.checkpoint} ({plan.family.name}, {plan.family.model_class}) at {opts.precision}")
         _build(plan, work, report)
         reraise_interrupt()  # an interrupt a library swallowed (torch's exporter may retry) still stops the export
         publish(work, plan.target)
@@ -162,7 +166,7 @@ def export_onnx(opts: ExportOptions, progress: Progress | None = None) -> Path:
 def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
     from tokenizers import Tokenizer
 
-    from .onnx_export import OPSET, trace_to_onnx
+    from .onnx_export import trace_to_onnx
 
     opts = plan.options
     with report.phase("load"):
@@ -171,20 +175,25 @@ def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
             cast_weights(model, opts.precision)
         wrapper = plan.family.build_wrapper(model, plan.config, plan.request, {"yes_token_id": plan.spec.yes_token_id})
     onnx_path = work / "model.onnx"
-    with report.phase("trace"):
+    with report.phase("trace"), _quiet_torchvision():
         external = trace_to_onnx(wrapper.eval(), plan.family, plan.request, plan.spec.pad_token_id, onnx_path)
     reraise_interrupt()
     del model, wrapper
     with report.phase("optimise"):
         if opts.precision == "int8":
-            from .quantize import quantize_int8
+            from .quantize import int8_plan, quantize_int8
 
-            external = quantize_int8(onnx_path, external)
+            quantise, keep = int8_plan(onnx_path)
+            report.say(f"quantising {len(quantise)} weight matmuls to int8 ({len(keep)} stay fp32: the first layer, "
+                       "every MLP down projection and the score heads)")
+            with _quiet_preprocessing_advice():
+                external = quantize_int8(onnx_path, external)
     shutil.copyfile(tokenizer_file(plan.checkpoint), work / "tokenizer.json")
     tokenizer = Tokenizer.from_file(str(work / "tokenizer.json"))
     manifest = Manifest(
-        model_name=_name(opts.model), source=str(plan.checkpoint), family=plan.family.name, spec=plan.spec,
-        precision=opts.precision, graph=graph_info(onnx_path, external, OPSET), max_length=opts.max_length,
+        model_name=model_name(opts.model), source=os.path.abspath(plan.checkpoint), family=plan.family.name,
+        spec=plan.spec,
+        precision=opts.precision, graph=graph_info(onnx_path, external), max_length=opts.max_length,
         max_sequence_length=max_sequence_length(plan, tokenizer), exits=plan.request.exits,
         compress_ratio=plan.request.compress_ratio, compress_layers=plan.request.compress_layers,
         defaults=plan.defaults, versions=versions(),
@@ -196,7 +205,7 @@ def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
         with report.phase("verify"):
             try:
                 result = verify(work, plan.checkpoint, plan.family.model_class, opts.precision, opts.max_length,
-                                _verify_call(plan))
+                                _verify_call(plan), report.counter)
             except ParityError as exc:  # name the output, not the temporary directory that is about to go
                 raise ParityError(
                     f"nothing was written to {plan.output}: " + str(exc).replace(str(work), "the export")
@@ -208,14 +217,42 @@ def _build(plan: ExportPlan, work: Path, report: Progress) -> None:
         replace(manifest, verification=result).write(work)
 
 
+@contextmanager
+def _dropping(logger_name: str, prefix: str) -> Iterator[None]:
+    """Drop the records of one logger whose message starts with `prefix`, for the duration; every other record of
+    that logger still shows."""
+    logger = logging.getLogger(logger_name)
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(prefix)
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
+def _quiet_torchvision() -> AbstractContextManager[None]:
+    """torch.onnx logs "torchvision is not installed. Skipping torchvision::nms" (one line per torchvision op) on
+    every export: no reranker graph uses those ops."""
+    return _dropping("torch.onnx._internal.exporter._registration", "torchvision is not installed")
+
+
+def _quiet_preprocessing_advice() -> AbstractContextManager[None]:
+    """ONNX Runtime's quantiser advises, on the root logger, "Please consider to run pre-processing before
+    quantization" (shape inference for static quantisation); the int8 plan is dynamic and measured as it is."""
+    return _dropping("", "Please consider to run pre-processing before quantization")
+
+
 def _verify_call(plan: ExportPlan) -> dict[str, Any]:
     """compute_score arguments that exercise every output (the reference knows nothing of the artifact's defaults)."""
-    if plan.family.model_class == LAYERWISE:
+    if get_kind(plan.family.model_class).bakes_every_head:
         return {"cutoff_layers": [layer for layer, _ in plan.request.exits]}
     return {k: v for k, v in plan.defaults.items() if v is not None}
 
 
-def graph_info(path: Path, external: list[str], opset: int) -> GraphInfo:
+def graph_info(path: Path, external: list[str]) -> GraphInfo:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -226,17 +263,11 @@ def graph_info(path: Path, external: list[str], opset: int) -> GraphInfo:
         dims = tuple(d.dim_param or d.dim_value for d in t.shape.dim)
         return TensorSpec(value.name, names.get(t.elem_type, str(t.elem_type)), dims)
 
-    return GraphInfo(file=path.name, opset=opset, inputs=tuple(spec(v) for v in model.graph.input),
+    return GraphInfo(file=path.name, inputs=tuple(spec(v) for v in model.graph.input),
                      outputs=tuple(spec(v) for v in model.graph.output), external_data=tuple(external))
 
 
 def versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for dist in ("bge-rerank-fast", "torch", "onnx", "onnxscript", "onnxruntime", "tokenizers", "transformers"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    """The tools an export is made with, as manifest.json records them."""
+    return installed_versions(("bge-rerank-fast", "torch", "onnx", "onnxscript", "onnxruntime", "tokenizers",
+                               "transformers"))

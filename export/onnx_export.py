@@ -19,7 +19,6 @@ from .families import FamilySpec
 # ONNX Runtime's TensorRT provider (TensorRT 10.x). Opset 23's RMSNormalization / Attention would need TensorRT 10.15
 # / 10.14, newer than the [trt] extra's minimum, so norms and attention stay in standard ops.
 OPSET = 20
-OPTIMIZE = True
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf caps a file at 2 GB; larger models keep weights beside it
 
 
@@ -63,7 +62,7 @@ def trace_to_onnx(wrapper: Any, family: FamilySpec, request: GraphRequest, pad_i
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             wrapper, args, input_names=list(names), output_names=list(request.output_names),
-            dynamic_shapes=dynamic_shapes(names), dynamo=True, opset_version=OPSET, optimize=OPTIMIZE, verbose=False,
+            dynamic_shapes=dynamic_shapes(names), dynamo=True, opset_version=OPSET, optimize=True, verbose=False,
         )
     external = weight_bytes > EXTERNAL_DATA_BYTES
     program.save(str(path), external_data=external)

@@ -1,8 +1,9 @@
 """Build a native TensorRT engine for an export directory: `rerank-export engine <dir>`.
 
 One optimisation profile per length bucket (64, 128, 256, ... up to max_length) so that short batches do not pay for
-long ones; the engine goes to `<dir>/model.engine` and the manifest's "tensorrt" section records what the runtime checks
-before loading it (TensorRT version, compute capability, profiles, engine size).
+long ones; the engine goes to `<dir>/model.engine`, and `manifest.with_engine(record).write(dir)` records it in the
+manifest's typed "tensorrt" section (trt_engine.EngineRecord): what the runtime checks before loading it (size and
+sha256, TensorRT version, compute capability), its profiles, and how it was built.
 
 Precision: the ONNX graph is mixed precision by construction (fp16/bf16 matmul weights; norms, residual stream,
 softmax and score heads in fp32), so every build is strongly typed by default, on TensorRT 10 as on 11: each tensor
@@ -16,28 +17,30 @@ tested on CPU; the TensorRT calls are checked by the trt-marked tests and benchm
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 import threading
 import time
 import warnings
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from collections.abc import Callable, Mapping
 from typing import Any
 
 from rerank_runtime._deps import require
+from rerank_runtime.artifact import read_export
 from rerank_runtime.cudart import CudaRuntime, DeviceInfo
-from rerank_runtime.errors import ArtifactError, EngineError, ManifestMismatchError, UnsupportedRequestError
+from rerank_runtime.errors import ArtifactError, EngineError, ExportError, ManifestMismatchError
+from rerank_runtime.integrity import atomic_write
+from rerank_runtime.manifest import MANIFEST_FILE, Manifest
 from rerank_runtime.providers import DEFAULT_MAX_BATCH
-from rerank_runtime.trt_engine import ENGINE_FILE, Profile, Shape, check_tensorrt_version, logged, trt_logger
+from rerank_runtime.compression import plan_inputs
+from rerank_runtime.spec import TOKEN_INPUTS
+from rerank_runtime.trt_engine import (ENGINE_FILE, EngineRecord, Profile, Shape, check_tensorrt_version, logged,
+                                       trt_logger)
 
-MANIFEST = "manifest.json"
 TIMING_CACHE = "timing.cache"
 FIRST_BUCKET = 64
-TOKEN_INPUTS = ("input_ids", "attention_mask")
 _MONITOR_DEPTH = 2  # nested builder phases deeper than this are not reported
 
 
@@ -56,8 +59,8 @@ class EngineOptions:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        def bad(name: str, expected: str) -> UnsupportedRequestError:
-            return UnsupportedRequestError(f"EngineOptions.{name} must be {expected}, got {getattr(self, name)!r}")
+        def bad(name: str, expected: str) -> ExportError:
+            return ExportError(f"EngineOptions.{name} must be {expected}, got {getattr(self, name)!r}")
 
         for name in ("max_batch_size", "opt_batch_size", "max_length", "workspace_bytes"):
             value = getattr(self, name)
@@ -82,7 +85,7 @@ def length_buckets(max_length: int, buckets: tuple[int, ...] | None = None) -> l
     if buckets is not None:
         too_long = [b for b in buckets if b > max_length]
         if too_long:
-            raise UnsupportedRequestError(f"length buckets {too_long} exceed max_length {max_length}; "
+            raise ExportError(f"length buckets {too_long} exceed max_length {max_length}; "
                                           "drop them or raise max_length")
         return list(buckets) + ([max_length] if buckets[-1] < max_length else [])
     out, bound = [], FIRST_BUCKET
@@ -94,41 +97,29 @@ def length_buckets(max_length: int, buckets: tuple[int, ...] | None = None) -> l
     return out + [max_length]
 
 
-def resolve_max_length(manifest: Mapping[str, Any], options: EngineOptions) -> int:
-    limit = int(manifest["max_sequence_length"])
+def resolve_max_length(manifest: Manifest, options: EngineOptions) -> int:
+    limit = manifest.max_sequence_length
     if options.max_length is None:
         return limit
     if options.max_length > limit:
-        raise UnsupportedRequestError(f"max_length {options.max_length} exceeds the artifact's max_sequence_length "
+        raise ExportError(f"max_length {options.max_length} exceeds the artifact's max_sequence_length "
                                       f"{limit} (the longest batch its graph was exported for); use at most {limit} "
                                       "or re-export with a larger max_length")
     return options.max_length
 
 
-def _input_stages(manifest: Mapping[str, Any]) -> dict[str, int]:
-    """Input name -> 0 for token inputs, k + 1 for compression stage k's compress_index_k / compress_weight_k."""
-    inputs = {i["name"]: i for i in manifest["graph"]["inputs"]}
-    ratio = int(manifest.get("compress_ratio", 1))
-    layers = sorted(manifest.get("compress_layers", [])) if ratio > 1 else []
-    expected = {**{n: 0 for n in TOKEN_INPUTS},
-                **{f"compress_{role}_{k}": k + 1 for k in range(len(layers)) for role in ("index", "weight")}}
-    if set(inputs) != set(expected):
-        raise ManifestMismatchError(f"manifest.json graph inputs {sorted(inputs)} do not match compress_ratio={ratio}, "
-                                    f"compress_layers={layers}: expected {sorted(expected)}")
-    for name, stage in expected.items():
-        shape = inputs[name]["shape"]
-        rank_ok = len(shape) == (2 if stage == 0 else 3)
-        if not rank_ok or (stage and isinstance(shape[2], int) and shape[2] != ratio):
-            raise ManifestMismatchError(f"manifest.json input {name} has shape {shape}; expected "
-                                        + ("[batch, sequence]" if stage == 0 else f"[batch, compressed, {ratio}]"))
-    return expected
+def _input_stages(manifest: Manifest) -> dict[str, int]:
+    """Input name -> 0 for token inputs, k + 1 for compression stage k's plan (index and weight); the manifest
+    guarantees that these are the graph's inputs."""
+    plans = {name: i // 2 + 1 for i, name in enumerate(plan_inputs(manifest.stages()))}
+    return {**{n: 0 for n in TOKEN_INPUTS}, **plans}
 
 
-def plan_profiles(manifest: Mapping[str, Any], options: EngineOptions) -> list[Profile]:
+def plan_profiles(manifest: Manifest, options: EngineOptions) -> tuple[Profile, ...]:
     """min/opt/max shapes of every graph input for every length bucket."""
     max_length = resolve_max_length(manifest, options)
     stages = _input_stages(manifest)
-    ratio = int(manifest.get("compress_ratio", 1))
+    ratio = manifest.compress_ratio
     max_b, opt_b = options.max_batch_size, options.opt_batch_size or options.max_batch_size
     profiles, low = [], 1
     for index, high in enumerate(length_buckets(max_length, options.length_buckets)):
@@ -142,68 +133,7 @@ def plan_profiles(manifest: Mapping[str, Any], options: EngineOptions) -> list[P
                 shapes[name] = ((1, 1, ratio), (opt_b, opt, ratio), (max_b, high, ratio))
         profiles.append(Profile(index, low, high, max_b, shapes))
         low = high + 1
-    return profiles
-
-
-@dataclass(frozen=True)
-class EngineRecord:
-    """What manifest["tensorrt"] records about a built engine."""
-
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str
-    profiles: list[Profile]
-    max_batch_size: int
-    max_length: int
-    engine_bytes: int
-    engine_sha256: str
-    precision: str
-    precision_handling: str
-    strongly_typed: bool
-    tf32: bool
-    builder_optimization_level: int
-    workspace_bytes: int | None
-    timing_cache: str
-    timing_cache_reused: bool
-    build_seconds: float
-    engine_file: str = ENGINE_FILE
-
-    def to_section(self) -> dict[str, Any]:
-        section = {f.name: getattr(self, f.name) for f in fields(self)}
-        section["profiles"] = [p.to_dict() for p in self.profiles]
-        return section
-
-
-def atomic_write(path: Path, data: bytes | memoryview) -> None:
-    """Write a temporary file beside `path`, then rename it over `path`: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def read_manifest(export_dir: Path) -> dict[str, Any]:
-    path = export_dir / MANIFEST
-    if not path.is_file():
-        raise ArtifactError(f"{export_dir} has no {MANIFEST}: not an export directory; create one first with "
-                            f"rerank-export --model <checkpoint> --output {export_dir}")
-    try:
-        return dict(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path} is not valid JSON ({exc}); re-export the artifact") from exc
-
-
-def record_engine(export_dir: Path, section: Mapping[str, Any]) -> None:
-    """Read manifest.json, set its "tensorrt" section, write it back atomically (sorted keys, indent 2)."""
-    manifest = read_manifest(export_dir)
-    manifest["tensorrt"] = dict(section)
-    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    atomic_write(export_dir / MANIFEST, text.encode("utf-8"))
+    return tuple(profiles)
 
 
 class _Clock:
@@ -218,6 +148,13 @@ class _Clock:
             self._progress(f"[{self.elapsed():7.1f}s] {message}")
 
 
+def build_environment(options: EngineOptions) -> tuple[ModuleType, CudaRuntime, DeviceInfo]:
+    """TensorRT, the CUDA runtime and the GPU an engine is built on, or the error that says what is missing; cheap,
+    so `rerank-export --tensorrt` checks it before the ONNX export starts."""
+    trt, cuda = require("tensorrt"), CudaRuntime()
+    return trt, cuda, cuda.device_info(options.device_id)
+
+
 def build_engine(export_dir: Path | str, options: EngineOptions | None = None,
                  progress: Callable[[str], None] = print) -> Path:
     """Build <export_dir>/model.engine for GPU options.device_id and record it in manifest.json.
@@ -225,51 +162,45 @@ def build_engine(export_dir: Path | str, options: EngineOptions | None = None,
     Files are written whole or not at all: engine and timing cache by write-then-rename, then the manifest the same
     way. (The runtime compares the engine's size with the manifest's record, which catches a crash in between.)
     """
-    export_dir, options = Path(export_dir), options or EngineOptions()
-    manifest = read_manifest(export_dir)
+    export_dir, manifest = read_export(export_dir)
+    options = options or EngineOptions()
     profiles = plan_profiles(manifest, options)
-    onnx_path: Path = export_dir / str(manifest["graph"]["file"])
+    onnx_path: Path = export_dir / manifest.graph.file
     engine_path: Path = export_dir / ENGINE_FILE
     if not onnx_path.is_file():
         raise ArtifactError(f"{onnx_path} is missing; re-export the artifact")
     if engine_path.exists() and not options.overwrite:
-        raise EngineError(f"{engine_path} exists; pass overwrite=True (--overwrite) to replace it")
-    trt, cuda = require("tensorrt"), CudaRuntime()
-    device = cuda.device_info(options.device_id)
+        raise ExportError(f"{engine_path} exists; pass overwrite=True (--overwrite) to replace it")
+    trt, cuda, device = build_environment(options)
     cuda.set_device(options.device_id)
-    precision = str(manifest["precision"])
+    precision = manifest.precision
     strongly_typed = _typing(trt, precision, options, device)
     clock = _Clock(progress)
     clock.report(f"TensorRT {trt.__version__} on {device.name} (compute {device.compute_capability}): {precision} "
                  f"artifact, {len(profiles)} profiles up to {profiles[-1].max_length} tokens x "
                  f"{options.max_batch_size} rows")
     cache_path = options.timing_cache or export_dir / TIMING_CACHE
-    data, handling, reused, seconds = _build(trt, onnx_path, manifest, options, profiles, strongly_typed,
-                                             cache_path, clock)
+    data, handling = _build(trt, onnx_path, manifest, options, profiles, strongly_typed, cache_path, clock)
     atomic_write(engine_path, data)
     record = EngineRecord(
         tensorrt_version=trt.__version__, gpu_name=device.name, compute_capability=device.compute_capability,
-        profiles=profiles, max_batch_size=options.max_batch_size, max_length=profiles[-1].max_length,
-        engine_bytes=data.nbytes, engine_sha256=hashlib.sha256(data).hexdigest(), precision=precision,
+        profiles=profiles, engine_bytes=data.nbytes, engine_sha256=hashlib.sha256(data).hexdigest(),
         precision_handling=handling, strongly_typed=strongly_typed, tf32=options.tf32,
-        builder_optimization_level=options.builder_optimization_level, workspace_bytes=options.workspace_bytes,
-        timing_cache=cache_path.name if cache_path.parent == export_dir else str(cache_path),
-        timing_cache_reused=reused, build_seconds=seconds)
-    record_engine(export_dir, record.to_section())
-    clock.report(f"wrote {engine_path} ({data.nbytes / 2**20:.1f} MiB) and recorded it in {MANIFEST}")
+        builder_optimization_level=options.builder_optimization_level)
+    manifest.with_engine(record).write(export_dir)
+    clock.report(f"wrote {engine_path} ({data.nbytes / 2**20:.1f} MiB) and recorded it in {MANIFEST_FILE}")
     return engine_path
 
 
-def _build(trt: ModuleType, onnx_path: Path, manifest: Mapping[str, Any], options: EngineOptions,
-           profiles: list[Profile], strongly_typed: bool, cache_path: Path,
-           clock: _Clock) -> tuple[memoryview, str, bool, float]:
-    """Parse, configure, build; writes the timing cache. Returns (plan bytes, precision handling, cache reused, s)."""
+def _build(trt: ModuleType, onnx_path: Path, manifest: Manifest, options: EngineOptions,
+           profiles: tuple[Profile, ...], strongly_typed: bool, cache_path: Path,
+           clock: _Clock) -> tuple[memoryview, str]:
+    """Parse, configure, build; writes the timing cache. Returns (plan bytes, how the network was typed)."""
     logger = trt_logger(trt)
     builder, network, _parser = _parse(trt, logger, onnx_path, strongly_typed, manifest)
     clock.report(f"parsed {onnx_path.name}: {network.num_layers} layers")
-    config, handling = _configure(trt, builder, network, str(manifest["precision"]), strongly_typed, options,
-                                  profiles)
-    _cache, reused = _use_timing_cache(config, cache_path, clock)  # the cache must outlive the build
+    config, handling = _configure(trt, builder, network, manifest.precision, strongly_typed, options, profiles)
+    _cache = _use_timing_cache(config, cache_path, clock)  # the cache must outlive the build
     monitor = _monitor(trt, clock)
     if monitor is not None:
         config.progress_monitor = monitor
@@ -280,10 +211,9 @@ def _build(trt: ModuleType, onnx_path: Path, manifest: Mapping[str, Any], option
     if plan is None:
         raise EngineError(f"TensorRT could not build an engine from {onnx_path}: "
                           + logged(errors, "no error was logged"))
-    seconds = round(clock.elapsed() - started, 1)
-    clock.report(f"built in {seconds} s")
+    clock.report(f"built in {clock.elapsed() - started:.1f} s")
     atomic_write(cache_path, memoryview(config.get_timing_cache().serialize()).cast("B"))
-    return memoryview(plan).cast("B"), handling, reused, seconds
+    return memoryview(plan).cast("B"), handling
 
 
 def _typing(trt: ModuleType, precision: str, options: EngineOptions, device: DeviceInfo) -> bool:
@@ -306,7 +236,7 @@ def _parser_error(err: Any) -> str:
 
 
 def _parse(trt: ModuleType, logger: Any, onnx_path: Path, strongly_typed: bool,
-           manifest: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+           manifest: Manifest) -> tuple[Any, Any, Any]:
     with logger.capture() as errors:
         try:
             builder = trt.Builder(logger)  # TypeError on a machine without a usable CUDA device
@@ -324,8 +254,7 @@ def _parse(trt: ModuleType, logger: Any, onnx_path: Path, strongly_typed: bool,
                           "these nodes; try a newer TensorRT or use the ONNX Runtime providers (cuda, tensorrt)")
     names = ({network.get_input(i).name for i in range(network.num_inputs)},
              {network.get_output(i).name for i in range(network.num_outputs)})
-    graph = manifest["graph"]
-    expected = ({i["name"] for i in graph["inputs"]}, {o["name"] for o in graph["outputs"]})
+    expected = ({t.name for t in manifest.graph.inputs}, {t.name for t in manifest.graph.outputs})
     if names != expected:
         raise ManifestMismatchError(f"{onnx_path} has inputs/outputs {sorted(names[0])} / {sorted(names[1])} "
                                     f"but manifest.json says {sorted(expected[0])} / {sorted(expected[1])}")
@@ -333,7 +262,7 @@ def _parse(trt: ModuleType, logger: Any, onnx_path: Path, strongly_typed: bool,
 
 
 def _configure(trt: ModuleType, builder: Any, network: Any, precision: str, strongly_typed: bool,
-               options: EngineOptions, profiles: list[Profile]) -> tuple[Any, str]:
+               options: EngineOptions, profiles: tuple[Profile, ...]) -> tuple[Any, str]:
     config = builder.create_builder_config()
     if options.workspace_bytes:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
@@ -376,17 +305,19 @@ def _pin_fp32_layers(trt: ModuleType, network: Any) -> int:
     return pinned
 
 
-def _use_timing_cache(config: Any, path: Path, clock: _Clock) -> tuple[Any, bool]:
+def _use_timing_cache(config: Any, path: Path, clock: _Clock) -> Any:
     data = path.read_bytes() if path.is_file() else b""
     cache = config.create_timing_cache(data)
     if config.set_timing_cache(cache, ignore_mismatch=False):
-        return cache, bool(data)
+        if data:
+            clock.report(f"reusing the timing cache {path}")
+        return cache
     clock.report(f"timing cache {path} was made on another GPU or TensorRT version: starting a new one "
                  "(it will be overwritten)")
     cache = config.create_timing_cache(b"")
     if not config.set_timing_cache(cache, ignore_mismatch=False):
         raise EngineError("TensorRT refused an empty timing cache; report this bug")
-    return cache, False
+    return cache
 
 
 def _monitor(trt: ModuleType, clock: _Clock) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,9 +53,13 @@ def widen_bf16(src: Path, dst: Path) -> None:
 
 
 def verify(export_dir: Path, checkpoint: Path, model_class: str, precision: str, max_length: int,
-           call: dict[str, Any]) -> dict[str, Any]:
+           call: dict[str, Any], counter: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """Compare the artifact with the fp32 reference on the probe set; raise ParityError beyond the tolerance or on
-    any NaN or infinite probe score (from either side), naming the probe pair."""
+    any NaN or infinite probe score (from either side), naming the probe pair. counter(label) gives the tracker
+    factory each side's scoring reports to (progress.Progress.counter), else nothing is shown."""
+    def show(label: str) -> Any:
+        return counter(label) if counter is not None else False
+
     from rerank_runtime.rerankers import FlagAutoReranker as Runtime
 
     from .reference import FlagAutoReranker as Reference
@@ -63,7 +67,8 @@ def verify(export_dir: Path, checkpoint: Path, model_class: str, precision: str,
     kwargs = dict(max_length=min(max_length, 512), batch_size=4)
     reference = Reference.from_finetuned(str(checkpoint), model_class=model_class, **kwargs)
     with _non_finite_fails("the fp32 PyTorch reference"):
-        expected = np.atleast_2d(reference.compute_score_array(PROBE_PAIRS, **call))
+        expected = np.atleast_2d(reference.compute_score_array(PROBE_PAIRS, show_progress_bar=show("reference"),
+                                                               **call))
     with tempfile.TemporaryDirectory() as tmp:
         target = export_dir
         if precision == "bf16":
@@ -71,7 +76,8 @@ def verify(export_dir: Path, checkpoint: Path, model_class: str, precision: str,
             widen_bf16(export_dir, target)
         runtime = Runtime.from_finetuned(str(target), model_class=model_class, devices="cpu", **kwargs)
         with _non_finite_fails(f"the ONNX graph in {export_dir}"):
-            got = np.atleast_2d(runtime.compute_score_array(PROBE_PAIRS, **call))
+            got = np.atleast_2d(runtime.compute_score_array(PROBE_PAIRS, show_progress_bar=show("ONNX Runtime"),
+                                                            **call))
     tol = tolerance(precision, "cpu")
     close = allclose(got, expected, tol)
     rho = min(spearman(g, e) for g, e in zip(got, expected))

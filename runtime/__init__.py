@@ -29,7 +29,7 @@ from .rerankers import (
     LightWeightFlagLLMReranker,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the package's one version source: pyproject.toml reads it
 
 __all__ = [
     "FlagAutoReranker",

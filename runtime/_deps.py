@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import importlib
+import platform
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
 from types import ModuleType
 
 from .errors import MissingDependencyError
 
 DIST = "bge-rerank-fast"
-# The package is not on the package index: extras are installed from a clone of the repository.
-FROM_CLONE = f"from a clone of the {DIST} repository (the package is not on the package index)"
+
+
+def _repository() -> Path | None:
+    """The clone this package runs from (an editable install, or a checkout on sys.path), if it is one."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "runtime" / "_deps.py").is_file() else None
 
 # import name -> (what it is for, the extras that bring it, a note)
 _EXTRAS: dict[str, tuple[str, tuple[str, ...], str]] = {
@@ -32,9 +40,21 @@ _EXTRAS: dict[str, tuple[str, tuple[str, ...], str]] = {
 }
 
 
+def install_command(*extras: str) -> str:
+    """`pip install '<clone>[extras]'`: the clone this package runs from when it is one, else '.' (run in a clone)."""
+    root = _repository()
+    return f"pip install '{root if root is not None else '.'}[{','.join(extras)}]'"
+
+
+def install_where() -> str:
+    """Where an install_command runs, and why from a clone: said once per message."""
+    where = "" if _repository() is not None else f" in a clone of the {DIST} repository"
+    return f"{where} (the package is not on the package index)"
+
+
 def install_hint(*extras: str) -> str:
-    """The command that installs these extras, said once for every message that needs it."""
-    return f"pip install '.[{','.join(extras)}]' {FROM_CLONE}"
+    """The command that installs these extras, with where it runs."""
+    return install_command(*extras) + install_where()
 
 
 def require(module: str) -> ModuleType:
@@ -44,7 +64,22 @@ def require(module: str) -> ModuleType:
     except ImportError as exc:
         top = module.split(".")[0]
         purpose, extras, note = _EXTRAS.get(top, ("this feature", ("export",), ""))
-        commands = " or ".join(install_hint(extra) for extra in extras)
+        commands = " or ".join(f"`{install_command(extra)}`" for extra in extras)
         raise MissingDependencyError(
-            f"{module} is required for {purpose} but is not installed ({exc}); install it with: {commands}{note}"
+            f"{module} is required for {purpose} but is not installed ({exc}); install it with {commands}"
+            f"{install_where()}{note}"
         ) from exc
+
+
+def installed_versions(dists: Iterable[str], *, python: bool = False) -> dict[str, str]:
+    """{distribution: version} of those of `dists` that are installed, with the Python version first when asked.
+
+    What manifest.json records as the tools an export was made with, and what rerank-serve's /info and the
+    benchmarks report."""
+    out = {"python": platform.python_version()} if python else {}
+    for dist in dists:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out

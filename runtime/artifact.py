@@ -1,4 +1,5 @@
-"""Load an export directory (manifest.json + model.onnx [+ external data] + tokenizer.json) into a `Loaded` bundle.
+"""Load an export directory (manifest.json + model.onnx [+ external data] + tokenizer.json) into a `Loaded` bundle:
+its spec and tokenizer, and a front (front.GraphFront: the manifest's served graph over one backend per device).
 
 Every file is checked before ONNX Runtime (or TensorRT) sees it, so a missing, truncated, corrupt or foreign file is
 reported by name: the ONNX protobuf is walked (without the onnx package) far enough to find truncation and every
@@ -12,22 +13,20 @@ from __future__ import annotations
 import importlib
 import mmap
 import os
-import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .errors import (ArtifactError, ManifestMismatchError, ModelNotFoundError, UnknownFamilyError,
                      UnsupportedRequestError)
+from .front import GraphFront, ServedGraph, one_backend
+from .hints import Remake, default_output, did_you_mean, export_command, warn_user, wrong_kind
 from .integrity import check_engine, check_file, check_tokenizer, read_tokenizer
+from .kinds import AUTO_RERANKER_MAPPING
 from .manifest import MANIFEST_FILE, Manifest
-from .onnx_backend import OnnxBackend
+from .onnx_backend import onnx_backends
 from .providers import DeviceArg, resolve
-from .spec import MODEL_CLASSES, GraphRequest, Loaded
-
-_EXPORT_HINT = "rerank-export --model <checkpoint or hub id> --output {path}"
+from .spec import MODEL_CLASSES, Backend, Loaded
 
 
 def load_artifact(
@@ -35,74 +34,108 @@ def load_artifact(
     *,
     model_class: str | None = None,
     devices: DeviceArg = None,
-    use_fp16: bool = False,
-    use_bf16: bool = False,
+    use_fp16: bool | None = None,
+    use_bf16: bool | None = None,
     provider: str | None = None,
     session_options: Any = None,
     trt_cache_dir: str | os.PathLike[str] | None = None,
     verify_hashes: bool = True,
 ) -> Loaded:
-    """Check and load an export directory. Precision comes from the artifact: use_fp16/use_bf16 only assert it.
+    """Check and load an export directory. Precision comes from the artifact: a use_fp16 / use_bf16 it cannot honour
+    (True for a precision it does not have, an explicit False for the one it has) gives one warning that names the
+    precision served and the command that exports the other; None (the default) says nothing.
 
     verify_hashes: compare every file's sha256 with the manifest's record (the default); False skips hashing, for
     artifacts so large that reading them twice matters. File sizes and the tokenizer's ids are always checked.
     """
-    export_dir, manifest = _read(path)
+    export_dir, manifest = read_export(path)
     _check_request(manifest, export_dir, model_class, use_fp16, use_bf16)
     tokenizer = _tokenizer(export_dir, manifest, verify_hashes)
     placements = resolve(provider, devices, manifest=manifest, export_dir=export_dir, trt_cache_dir=trt_cache_dir)
+    graph = ServedGraph.of(manifest, export_dir)
     if placements[0].provider == "trt-engine":
-        if manifest.tensorrt is not None:  # without a section the backend says how to build an engine
+        if manifest.tensorrt is not None:  # without a record the backend says how to build an engine
             check_engine(export_dir, manifest.tensorrt, verify_hashes)
-        backend: Any = _trt_backend(export_dir, manifest, [p.device_id for p in placements])
+        backend = _trt_backends(export_dir, manifest, [p.device_id for p in placements])
     else:
         check_model_files(export_dir, manifest, verify_hashes)
-        backend = OnnxBackend(export_dir, manifest, placements, session_options)
-    return Loaded(spec=manifest.spec, tokenizer=tokenizer, backend=backend, defaults=dict(manifest.defaults),
-                  max_length=manifest.max_length)
+        backend = onnx_backends(export_dir, manifest, placements, session_options)
+    return Loaded(spec=manifest.spec, tokenizer=tokenizer, front=GraphFront(graph, backend),
+                  defaults=dict(manifest.defaults), max_length=manifest.max_length)
 
 
 def detect_model_class(path: str | os.PathLike[str]) -> str:
     """FlagEmbedding's model_class string recorded in an export directory's manifest."""
-    return _read(path)[1].spec.model_class
+    return read_export(path)[1].spec.model_class
 
 
-def _read(path: str | os.PathLike[str]) -> tuple[Path, Manifest]:
+def read_export(path: str | os.PathLike[str]) -> tuple[Path, Manifest]:
+    """(the export directory, its validated manifest), or an error that says how to make an export there."""
     export_dir = Path(path)
     if not export_dir.exists():
-        raise ModelNotFoundError(
-            f"no export directory at {export_dir}; create one with `{_EXPORT_HINT.format(path=export_dir)}`"
-        )
+        raise ModelNotFoundError(_not_found(str(path), export_dir))
     if not export_dir.is_dir():
         raise ArtifactError(f"{export_dir} is a file; pass the export directory that holds {MANIFEST_FILE}")
     if not (export_dir / MANIFEST_FILE).is_file():
         if (export_dir / "config.json").is_file():
             raise ArtifactError(
                 f"{export_dir} is a Hugging Face checkpoint (config.json, no {MANIFEST_FILE}), not an export; "
-                f"export it first: `rerank-export --model {export_dir} --output {export_dir}-onnx`"
+                f"export it first: `{export_command(str(export_dir), output=default_output(str(export_dir)))}`"
             )
         raise ArtifactError(
-            f"{export_dir} has no {MANIFEST_FILE}, so it is not an export directory; "
-            f"create one with `{_EXPORT_HINT.format(path=export_dir)}`"
+            f"{export_dir} has no {MANIFEST_FILE}, so it is not an export directory; rerank-export writes one: "
+            f"`{export_command('<checkpoint>', output=str(export_dir))}`"
         )
     return export_dir, Manifest.read(export_dir)
 
 
-def _check_request(manifest: Manifest, export_dir: Path, model_class: str | None, fp16: bool, bf16: bool) -> None:
+def _not_found(name: str, path: Path) -> str:
+    """No directory at `name`: a hub id or model name gets the export command; a path gets the export directories
+    beside it that it may have meant."""
+    hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~")) and not path.parent.is_dir()
+    if "/" not in name or hub_id:
+        output = default_output(name)
+        known = did_you_mean(name.split("/")[-1], AUTO_RERANKER_MAPPING) if name.split("/")[-1] not in \
+            AUTO_RERANKER_MAPPING else ""
+        return (f"{name!r} is not a directory here{known}. rerank_runtime loads export directories written by "
+                f"rerank-export, not Hugging Face checkpoints, hub ids or model names: export it first, then load "
+                f"the export: `{export_command(name, output=output)}`, then pass {output!r}")
+    parent = path.parent
+    exports = [str(p) for p in parent.iterdir() if (p / MANIFEST_FILE).is_file()] if parent.is_dir() else []
+    return (f"no export directory at {path}{did_you_mean(str(path), exports)}; rerank-export writes one: "
+            f"`{export_command('<checkpoint, hub id or built-in model>', output=str(path))}`")
+
+
+def _check_request(manifest: Manifest, export_dir: Path, model_class: str | None, fp16: bool | None,
+                   bf16: bool | None) -> None:
     if model_class is not None:
         if model_class not in MODEL_CLASSES:
             raise UnknownFamilyError(f"model_class {model_class!r} is not one of {list(MODEL_CLASSES)}")
         if model_class != manifest.spec.model_class:
-            raise UnsupportedRequestError(
-                f"model_class {model_class!r} was asked for, but {export_dir} holds a {manifest.spec.model_class!r} "
-                "export; pass model_class=None to use the artifact's, or load an export of that kind"
-            )
-    for flag, value, precision in (("use_fp16", fp16, "fp16"), ("use_bf16", bf16, "bf16")):
-        if value and manifest.precision != precision:
-            raise UnsupportedRequestError(
-                f"{flag}=True but {export_dir} is a {manifest.precision} export (precision is fixed at export); "
-                f"pass {flag}=False to use it as it is, or export a {precision} artifact"
-            )
+            raise UnsupportedRequestError(wrong_kind(str(export_dir), manifest.spec.model_class, model_class))
+    notice = precision_notice(manifest, export_dir, fp16, bf16)
+    if notice:
+        warn_user(notice)
+
+
+def precision_notice(manifest: Manifest, export_dir: Path, fp16: bool | None, bf16: bool | None) -> str | None:
+    """The one warning for use_fp16 / use_bf16 that the export cannot honour (its precision is fixed at export), as
+    FlagEmbedding takes them where harmless: it ignores use_fp16 on the CPU. None: nothing to say (a flag left at
+    its default says nothing; an explicit False on an export of that precision does)."""
+    served = manifest.precision
+    asked = [p for p, flag in (("fp16", fp16), ("bf16", bf16)) if flag]
+    refused = [p for p, flag in (("fp16", fp16), ("bf16", bf16)) if flag is False and p == served]
+    if asked and served not in asked:
+        wanted = asked[0]
+        said = f"use_{wanted}=True asks for {wanted}"
+    elif refused and not asked:
+        wanted = "fp32"
+        said = f"use_{served}=False asks for full precision"
+    else:
+        return None
+    remake = Remake.of(manifest, export_dir)
+    return (f"{said}, but {export_dir} is a {served} export (an export's precision is fixed when it is made): "
+            f"serving {served}. For {wanted}, export it: `{remake.command(precision=wanted)}`")
 
 
 def _tokenizer(export_dir: Path, manifest: Manifest, verify_hashes: bool) -> Any:
@@ -116,30 +149,9 @@ def _tokenizer(export_dir: Path, manifest: Manifest, verify_hashes: bool) -> Any
     return tokenizer
 
 
-def _trt_backend(export_dir: Path, manifest: Manifest, device_ids: Sequence[int]) -> Any:
-    trt_backend = importlib.import_module("rerank_runtime.trt_backend")
-    raw = manifest.to_dict()  # validated, so equal to the parsed JSON
-    backends = [trt_backend.TensorRTBackend(export_dir, raw, device_id) for device_id in device_ids]
-    return backends[0] if len(backends) == 1 else RoundRobin(backends)
-
-
-class RoundRobin:
-    """Several backends behind one, picked in turn (thread-safe); concurrency = their number."""
-
-    def __init__(self, backends: Sequence[Any]):
-        self.backends = tuple(backends)
-        self.concurrency = len(self.backends)
-        self._lock = threading.Lock()
-        self._turn = 0
-
-    def check(self, request: GraphRequest) -> None:
-        self.backends[0].check(request)
-
-    def run(self, request: GraphRequest, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        with self._lock:
-            backend = self.backends[self._turn % self.concurrency]
-            self._turn += 1
-        return backend.run(request, feeds)
+def _trt_backends(export_dir: Path, manifest: Manifest, device_ids: Sequence[int]) -> Backend:
+    trt_backend = importlib.import_module("rerank_runtime.trt_backend")  # imported only for provider="trt-engine"
+    return one_backend([trt_backend.TensorRTBackend(export_dir, manifest, device_id) for device_id in device_ids])
 
 
 # --- model file checks -----------------------------------------------------------------------------------------------

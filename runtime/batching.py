@@ -1,4 +1,4 @@
-"""Sorting, batching and padding, as FlagEmbedding does them (reference 1.6, 2.3 step 4, 3.5, 5.3).
+"""Sorting, batching and padding, as FlagEmbedding does them (docs/flagembedding-behaviour.md, Sorting and batches).
 
 Pairs are sorted by descending length key with `np.argsort(-keys)` (numpy's default, unstable kind, exactly as
 FlagEmbedding calls it, so ties fall the same way on the same numpy build), cut into consecutive batches, and the

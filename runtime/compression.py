@@ -1,4 +1,5 @@
-"""The lightweight reranker's token compression, planned on the host (reference 5.5).
+"""The lightweight reranker's token compression, planned on the host (docs/flagembedding-behaviour.md, Token
+compression).
 
 FlagEmbedding's `token_compress` replaces the passage span of each row by means of consecutive groups of r tokens
 (a partial last group is averaged over its real members), keeps the query span (BOS, query, first newline) and the
@@ -15,9 +16,16 @@ rounds them to that dtype; the graph may cast).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from .errors import UnsupportedRequestError
+
+
+def plan_inputs(stages: int) -> tuple[str, ...]:
+    """The graph inputs of `stages` compression stages: compress_index_k, compress_weight_k for k < stages."""
+    return tuple(f"compress_{role}_{k}" for k in range(stages) for role in ("index", "weight"))
 
 
 def real_lengths(mask: np.ndarray) -> np.ndarray:
@@ -91,17 +99,11 @@ def build_plan(
     return feeds
 
 
-def apply_plan(h: np.ndarray, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """new_h[b, j] = sum_t weight[b, j, t] * h[b, index[b, j, t]]; h is [B, S, H]. The numpy twin of the graph op."""
-    b, width, ratio = index.shape
-    gathered = np.take_along_axis(h, index.reshape(b, width * ratio, 1), axis=1)
-    gathered = gathered.reshape(b, width, ratio, h.shape[-1])
-    return (gathered * weight[..., None].astype(h.dtype)).sum(axis=2)
-
-
-def plan_mask(weight: np.ndarray) -> np.ndarray:
-    """The attention mask a stage implies: 1 where the weights sum to > 0."""
-    return (weight.sum(axis=-1) > 0).astype(np.int64)
+def effective(ratio: int, stages: Iterable[int]) -> tuple[int, tuple[int, ...]]:
+    """(ratio, stages ascending) of a compression that runs; no stage that runs means no compression, whatever the
+    ratio, so both canonicalise to (1, ()). The one place this rule lives."""
+    running = tuple(sorted(set(stages)))
+    return (ratio, running) if ratio > 1 and running else (1, ())
 
 
 def served_stages(baked_ratio: int, baked_layers: tuple[int, ...], exits: tuple[tuple[int, int], ...]
@@ -112,8 +114,7 @@ def served_stages(baked_ratio: int, baked_layers: tuple[int, ...], exits: tuple[
     deepest exit is d needs exactly the baked stages below d; the graph's later stages get pass-through plans.
     """
     deepest = max((layer for layer, _ in exits), default=None)
-    stages = tuple(c for c in baked_layers if deepest is None or c < deepest)
-    return (baked_ratio, stages) if baked_ratio > 1 and stages else (1, ())
+    return effective(baked_ratio, (c for c in baked_layers if deepest is None or c < deepest))
 
 
 def pass_through_stages(feeds: dict[str, np.ndarray], planned: int, stages: int, ratio: int) -> dict[str, np.ndarray]:

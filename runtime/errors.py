@@ -78,4 +78,5 @@ class EngineError(RerankError):
 
 
 class ExportError(RerankError, ValueError):
-    """Export options that make no sense for the model, or an output directory that is in the way."""
+    """Options of the exporter, the engine builder or the built-in model generator (rerank_export.testing) that make no
+    sense, or an output (export directory or engine file) that is in the way."""

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
 from .errors import ArtifactError, ManifestMismatchError
+from .jsonfields import JsonObject
 from .kinds import get_kind
 from .layout import SEPARATOR, pair_template, plain_tokenizer, text_ids
 from .spec import YES_TEXT, ModelSpec
+
+if TYPE_CHECKING:
+    from .trt_engine import EngineRecord
 
 _REEXPORT = "copy the whole export directory again, or re-export it with `rerank-export`"
 _SKIP = "verify_hashes=False skips hashing for very large artifacts; sizes are always checked"
@@ -36,10 +40,37 @@ class FileRecord:
     def to_dict(self) -> dict[str, Any]:
         return {"bytes": self.bytes, "sha256": self.sha256}
 
+    @classmethod
+    def records(cls, files: JsonObject) -> dict[str, FileRecord]:
+        """manifest.json's "files": {file name: {bytes, sha256}}."""
+        out: dict[str, FileRecord] = {}
+        for name in files.d:
+            record = files.obj(name)
+            record.known(("bytes", "sha256"))
+            out[name] = cls(record.integer("bytes", 0), record.sha256("sha256"))
+        return out
+
+
+def atomic_write(path: Path, data: bytes | memoryview) -> None:
+    """Write a temporary file beside `path`, then rename it over `path`: readers never see half a file, and a failed
+    write leaves the old one (and no temporary file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        while chunk := f.read(1 << 20):  # hashlib.file_digest is Python 3.11+; this package supports 3.10
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def record_file(path: str | os.PathLike[str]) -> FileRecord:
@@ -62,15 +93,10 @@ def check_file(path: Path, record: FileRecord, label: str, verify_hash: bool = T
                                 f"export; {_REEXPORT} ({_SKIP})")
 
 
-def check_engine(export_dir: Path, section: Mapping[str, Any], verify_hash: bool = True) -> None:
-    """The native TensorRT engine named by the manifest's "tensorrt" section, against its recorded size and sha256."""
-    name, size, digest = (section.get(k) for k in ("engine_file", "engine_bytes", "engine_sha256"))
-    if not (isinstance(name, str) and name == os.path.basename(name) and name not in ("", ".", "..")
-            and type(size) is int and size >= 0 and isinstance(digest, str)):
-        raise ArtifactError(f"manifest.json in {export_dir}: the 'tensorrt' section must record engine_file (a file "
-                            f"name), engine_bytes and engine_sha256, found {name!r}, {size!r}, {digest!r}; rebuild "
-                            "the engine with `rerank-export engine`")
-    check_file(export_dir / name, FileRecord(size, digest), "engine", verify_hash)
+def check_engine(export_dir: Path, record: EngineRecord, verify_hash: bool = True) -> None:
+    """The native TensorRT engine the manifest records, against its recorded size (and sha256, when verify_hash)."""
+    check_file(export_dir / record.engine_file, FileRecord(record.engine_bytes, record.engine_sha256), "engine",
+               verify_hash)
 
 
 @dataclass(frozen=True)
@@ -93,6 +119,14 @@ class TokenLayout:
         d["separator_ids"], d["prompt_ids"] = list(self.separator_ids), list(self.prompt_ids)
         return d
 
+    @classmethod
+    def from_json(cls, layout: JsonObject) -> TokenLayout:
+        layout.known(("vocab_size", "pad_token", "bos_token", "separator_ids", "prompt_ids"))
+        return cls(vocab_size=layout.integer("vocab_size", 1), pad_token=layout.text("pad_token"),
+                   bos_token=layout.optional_text("bos_token"),
+                   separator_ids=tuple(layout.integers("separator_ids", 0)),
+                   prompt_ids=tuple(layout.integers("prompt_ids", 0)))
+
 
 def read_tokenizer(path: Path) -> Tokenizer:
     if not path.is_file():
@@ -113,7 +147,7 @@ def describe_tokenizer(tokenizer: Tokenizer, spec: ModelSpec, where: str = "toke
         if token_id is not None and texts[field] is None:
             raise ArtifactError(f"{where}: spec.{field} {token_id} is not a token of this tokenizer (vocabulary of "
                                 f"{tok.get_vocab_size(with_added_tokens=True)}); {_REEXPORT}")
-    prompt = get_kind(spec.model_class).default_prompt  # None: the encoder, which has no separator or prompt
+    prompt = get_kind(spec.model_class).default_prompt  # None: a pair-template kind, no separator or prompt
     return TokenLayout(
         vocab_size=tok.get_vocab_size(with_added_tokens=True), pad_token=texts["pad_token_id"] or "",
         bos_token=texts["bos_token_id"], separator_ids=() if prompt is None else tuple(text_ids(tok, SEPARATOR)),
@@ -137,12 +171,12 @@ def tokenizer_mismatches(tokenizer: Tokenizer, spec: ModelSpec, layout: TokenLay
         differ(f"id of the BOS token {layout.bos_token!r} (spec.bos_token_id)", spec.bos_token_id,
                tok.token_to_id(layout.bos_token))
     kind = get_kind(spec.model_class)
-    if kind.default_prompt is None:
+    if not kind.prompted:
         differ("pair template (spec.pair_prefix/middle/suffix)", (spec.pair_prefix, spec.pair_middle,
                                                                   spec.pair_suffix), pair_template(tok))
         return found
     differ("separator ids", layout.separator_ids, tuple(text_ids(tok, SEPARATOR)))
-    differ("default prompt ids", layout.prompt_ids, tuple(text_ids(tok, kind.default_prompt)))
+    differ("default prompt ids", layout.prompt_ids, tuple(text_ids(tok, kind.default_prompt or "")))
     differ(f"first id of {YES_TEXT!r} (spec.yes_token_id)", spec.yes_token_id, (text_ids(tok, YES_TEXT) or [None])[0])
     return found
 

@@ -8,6 +8,7 @@ from typing import Any
 from .errors import ArtifactError
 
 HINT = "fix the file or re-export the artifact with `rerank-export`"
+_HEX = frozenset("0123456789abcdef")
 
 
 class JsonObject:
@@ -46,6 +47,12 @@ class JsonObject:
             raise self.fail(key, "null or a non-empty string", v)
         return v
 
+    def sha256(self, key: str) -> str:
+        v = self.text(key)
+        if len(v) != 64 or not set(v) <= _HEX:
+            raise self.fail(key, "64 lowercase hex digits", v)
+        return v
+
     def filename(self, key: str) -> str:
         v = self.text(key)
         if v != os.path.basename(v) or v in (".", ".."):
@@ -62,6 +69,12 @@ class JsonObject:
         v = self.get(key)
         if not is_int(v) or (minimum is not None and v < minimum):
             raise self.fail(key, "an integer" + (f" >= {minimum}" if minimum is not None else ""), v)
+        return v
+
+    def boolean(self, key: str) -> bool:
+        v = self.get(key)
+        if not isinstance(v, bool):
+            raise self.fail(key, "true or false", v)
         return v
 
     def array(self, key: str) -> list[Any]:

@@ -1,4 +1,5 @@
-"""Token ids for query/passage pairs, exactly as FlagEmbedding 1.4.2 feeds its models (reference 2.3, 3.4, 4.2, 5.3).
+"""Token ids for query/passage pairs, exactly as FlagEmbedding 1.4.2 feeds its models
+(docs/flagembedding-behaviour.md: Lengths, Encoder token layout, Decoder token layout).
 
 Every segment is tokenised on its own with add_special_tokens=False and truncated by slicing, which is what the HF
 fast tokenizer's truncation=True does for one sequence; the pair is then cut with HF's `only_second` rule.
@@ -14,7 +15,7 @@ from tokenizers import Tokenizer
 
 from .errors import InvalidTextError
 from .kinds import Kind, bos_prefix
-from .spec import ENCODER, LIGHTWEIGHT, ModelSpec
+from .spec import ModelSpec
 
 
 def check_text(what: str, text: str, index: int | None = None) -> None:
@@ -33,7 +34,7 @@ def check_text(what: str, text: str, index: int | None = None) -> None:
 
 @dataclass(frozen=True)
 class Instructions:
-    """Query/passage instructions, applied as text before tokenisation (reference 1.3)."""
+    """Query/passage instructions, applied as text before tokenisation (flagembedding-behaviour.md, Instructions)."""
 
     query: str | None = None
     query_format: str = "{}{}"
@@ -68,7 +69,7 @@ class LayoutSettings:
 
 
 def resolve_query_max_length(call: int | None, instance: int | None, max_length: int) -> int:
-    """Call value, else instance value, else max_length * 3 // 4 (reference 2.2)."""
+    """Call value, else instance value, else max_length * 3 // 4 (flagembedding-behaviour.md, Lengths)."""
     if call is not None:
         return call
     if instance is not None:
@@ -81,7 +82,8 @@ class EncodedChunk:
     """The ids of a run of pairs, in input order.
 
     keys: FlagEmbedding's sort key per pair (encoder: full length; decoders: len(Q) + len(P)).
-    query_lengths / prompt_lengths: the lightweight kind's spans (reference 5.3); None for other kinds.
+    query_lengths / prompt_lengths: the lightweight kind's spans (flagembedding-behaviour.md, Lightweight exits); None
+    for other kinds.
     """
 
     ids: list[list[int]]
@@ -152,20 +154,20 @@ class PairEncoder:
         self.tokenizer = tokenizer
         self.settings = settings
         self.bos = bos_prefix(kind, spec)
-        if kind.model_class == ENCODER:
-            self.sep: list[int] = []
-            self.prompt: list[int] = []
-        else:
+        if kind.prompted:
             self.sep = text_ids(tokenizer, SEPARATOR)
             self.prompt = text_ids(tokenizer, settings.prompt or "")
+        else:
+            self.sep: list[int] = []
+            self.prompt: list[int] = []
 
     def encode(self, queries: Sequence[str], passages: Sequence[str]) -> EncodedChunk:
         """queries / passages: the instruction-applied texts."""
         q_ids = _token_ids(self.tokenizer, queries, self.settings.query_max_length)
         p_ids = _token_ids(self.tokenizer, passages, self.settings.max_length)
-        if self.kind.model_class == ENCODER:
-            return self._encoder(q_ids, p_ids)
-        return self._decoder(q_ids, p_ids)
+        if self.kind.prompted:
+            return self._decoder(q_ids, p_ids)
+        return self._encoder(q_ids, p_ids)
 
     def _encoder(self, q_ids: list[list[int]], p_ids: list[list[int]]) -> EncodedChunk:
         spec, limit = self.spec, self.settings.max_length
@@ -189,7 +191,7 @@ class PairEncoder:
             ids.append(first + second + tail)
         keys = np.array([len(q) + len(p) for q, p in zip(q_ids, p_ids)], dtype=np.int64)
         chunk = EncodedChunk(ids=ids, keys=keys)
-        if self.kind.model_class == LIGHTWEIGHT:
+        if self.kind.takes_compression:  # the spans its compression plans keep
             chunk.query_lengths = np.array([len(bos) + len(q) + len(sep) for q in q_ids], dtype=np.int64)
             chunk.prompt_lengths = np.full(len(q_ids), len(sep) + len(prompt), dtype=np.int64)
         return chunk

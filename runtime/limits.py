@@ -9,6 +9,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import LengthLimitError
+from .hints import DEFAULT_MAX_LENGTH, warn_user
+
+
+def default_max_length(export_max_length: int | None, where: str) -> int:
+    """max_length when the constructor was given none: FlagEmbedding's 512, or the export's own max_length when that
+    is smaller (an export made with `rerank-export --max-length 256` cannot serve 512). Deliberate change: one
+    warning says so, because such an export cuts pairs shorter than FlagEmbedding's default would; passing
+    max_length explicitly silences it, and a value beyond the export's still raises LengthLimitError."""
+    if export_max_length is None or export_max_length >= DEFAULT_MAX_LENGTH:
+        return DEFAULT_MAX_LENGTH
+    warn_user(f"max_length defaults to {export_max_length} for {where}: it was exported with --max-length "
+              f"{export_max_length}, below FlagEmbedding's default {DEFAULT_MAX_LENGTH}, so pairs are cut at "
+              f"{export_max_length} tokens; pass max_length={export_max_length} to say so (and silence this warning), "
+              f"or re-export with --max-length {DEFAULT_MAX_LENGTH} for FlagEmbedding's default")
+    return export_max_length
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ which validates it strictly (unknown keys, wrong types, out-of-range spec fields
 ArtifactError naming the file and the field). `validate_against` then checks that the graph beside it has exactly
 the inputs and outputs the manifest records.
 
-Schema 2 (this version) added `files`, the typed `token_layout` and `spec.max_positions`; schema 1 manifests are
-refused with a request to re-export, since they carry nothing to check the files against.
+Schema 3 (this version) types the "tensorrt" section (`EngineRecord`: the engine file, where it loads, its profiles)
+and drops what nothing read (`score`, `graph.opset`, `spec.model_max_length`); schema 2 added `files`, the typed
+`token_layout` and `spec.max_positions`. Older manifests are refused with the command that re-exports them.
 """
 
 from __future__ import annotations
@@ -19,55 +20,35 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError, ManifestMismatchError
-from .graph_io import DTYPE_OF_ORT, ORT_TYPES, graph_io
-from .integrity import (FileRecord, TokenLayout, check_tokenizer, describe_tokenizer, read_tokenizer,
+from .errors import ArtifactError
+from .graph_io import GraphInfo, TensorSpec
+from .compression import plan_inputs
+from .integrity import (FileRecord, TokenLayout, atomic_write, check_tokenizer, describe_tokenizer, read_tokenizer,
                         record_file)
 from .jsonfields import HINT as _HINT
 from .jsonfields import JsonObject, is_int
-from .kinds import get_kind
-from .spec import ENCODER, DECODER, LIGHTWEIGHT, ModelSpec, SpecFieldError, exit_name
+from .kinds import KINDS, get_kind
+from .spec import TOKEN_INPUTS, ModelSpec, SpecFieldError, exit_name
+from .trt_engine import EngineRecord
 
-SCHEMA_VERSION = 2
+__all__ = ["MANIFEST_FILE", "PRECISIONS", "SCHEMA_VERSION", "GraphInfo", "Manifest", "TensorSpec"]
+
+SCHEMA_VERSION = 3
 MANIFEST_FILE = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-SCORE_SEMANTICS = "raw logit; normalize=True applies a sigmoid"
-SINGLE_SCORE_CLASSES = (ENCODER, DECODER)  # one output, "score"; the other kinds have one output per exit
 
 _KEYS = ("schema_version", "format", "model_name", "source", "family", "spec", "precision", "graph", "exits",
          "compress_ratio", "compress_layers", "defaults", "token_layout", "max_length", "max_sequence_length",
-         "tokenizer", "files", "score", "tensorrt", "versions", "verification")
-_LAYOUT_KEYS = ("vocab_size", "pad_token", "bos_token", "separator_ids", "prompt_ids")
-_SHA256_DIGITS = frozenset("0123456789abcdef")
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output: dims are ints (fixed) or axis names (dynamic)."""
-
-    name: str
-    dtype: str
-    shape: tuple[int | str, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-
-@dataclass(frozen=True)
-class GraphInfo:
-    file: str
-    opset: int
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    external_data: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "external_data": list(self.external_data), "opset": self.opset,
-                "inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}
+         "tokenizer", "files", "tensorrt", "versions", "verification")
 
 
 @dataclass(frozen=True)
 class Manifest:
+    """manifest.json, typed. Who reads what: model_name, family, precision, exits, compression, versions and
+    verification are reported by rerank-serve's /info; source names the checkpoint in the export commands errors
+    print; spec, token_layout, defaults, max_length and max_sequence_length drive the host side; graph, files and
+    tokenizer are checked at load; tensorrt is the native engine's record (trt_engine.EngineRecord)."""
+
     model_name: str
     source: str
     family: str
@@ -83,8 +64,7 @@ class Manifest:
     token_layout: TokenLayout | None = None  # measured by sealed()/write(); required on read
     tokenizer: str = "tokenizer.json"
     files: Mapping[str, FileRecord] = field(default_factory=dict)  # measured by sealed()/write(); required on read
-    score: str = SCORE_SEMANTICS
-    tensorrt: dict[str, Any] | None = None
+    tensorrt: EngineRecord | None = None
     versions: dict[str, str] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
@@ -122,14 +102,17 @@ class Manifest:
 
     def write(self, export_dir: str | os.PathLike[str]) -> Path:
         """Seal (measure the artifact files in export_dir), validate, then write manifest.json atomically (sorted
-        keys, indent 2). Write it after the files it describes; rewriting it re-measures them."""
+        keys, indent 2; a failed write leaves the old file). Write it after the files it describes; rewriting it
+        re-measures them."""
         data = self.sealed(export_dir).to_dict()
         Manifest.from_dict(data, where="the manifest being written")
         path = Path(export_dir) / MANIFEST_FILE
-        tmp = path.with_name(MANIFEST_FILE + ".tmp")
-        tmp.write_text(json.dumps(data, sort_keys=True, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        atomic_write(path, (json.dumps(data, sort_keys=True, indent=2) + "\n").encode("utf-8"))
         return path
+
+    def with_engine(self, record: EngineRecord | None) -> Manifest:
+        """This manifest recording a native TensorRT engine (None: none); `.write(export_dir)` it."""
+        return replace(self, tensorrt=record)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -141,8 +124,7 @@ class Manifest:
             "token_layout": None if self.token_layout is None else self.token_layout.to_dict(),
             "max_length": self.max_length, "max_sequence_length": self.max_sequence_length,
             "tokenizer": self.tokenizer, "files": {name: r.to_dict() for name, r in sorted(self.files.items())},
-            "score": self.score,
-            "tensorrt": None if self.tensorrt is None else dict(self.tensorrt), "versions": dict(self.versions),
+            "tensorrt": None if self.tensorrt is None else self.tensorrt.to_dict(), "versions": dict(self.versions),
             "verification": dict(self.verification),
         }
 
@@ -155,16 +137,15 @@ class Manifest:
             raise ArtifactError(f"{where}: unknown field(s) {unknown}; known fields: {sorted(_KEYS)}; {_HINT}")
         top.choice("format", ("onnx",))
         spec = _spec(top)
-        tensorrt = top.get("tensorrt")
+        tensorrt = None if top.get("tensorrt") is None else EngineRecord.from_json(top.obj("tensorrt"))
         manifest = cls(
             model_name=top.text("model_name"), source=top.text("source"), family=top.text("family"), spec=spec,
-            precision=top.choice("precision", PRECISIONS), graph=_graph(top.obj("graph")),
+            precision=top.choice("precision", PRECISIONS), graph=GraphInfo.from_json(top.obj("graph")),
             max_length=top.integer("max_length", 1), max_sequence_length=top.integer("max_sequence_length", 1),
             exits=_exits(top), compress_ratio=top.integer("compress_ratio", 1),
             compress_layers=tuple(top.integers("compress_layers", 1)), defaults=top.obj("defaults").d,
-            token_layout=_token_layout(top.obj("token_layout")), tokenizer=top.filename("tokenizer"),
-            files=_files(top.obj("files")), score=top.text("score"),
-            tensorrt=None if tensorrt is None else top.obj("tensorrt").d, versions=_versions(top),
+            token_layout=TokenLayout.from_json(top.obj("token_layout")), tokenizer=top.filename("tokenizer"),
+            files=FileRecord.records(top.obj("files")), tensorrt=tensorrt, versions=_versions(top),
             verification=top.obj("verification").d, schema_version=SCHEMA_VERSION, format="onnx",
         )
         manifest._check_consistency(where)
@@ -175,14 +156,15 @@ class Manifest:
             return ArtifactError(f"{where}: {what}; {_HINT}")
 
         outputs = [t.name for t in self.graph.outputs]
-        kind = self.spec.model_class
-        if kind in SINGLE_SCORE_CLASSES:
+        kind, model_class = get_kind(self.spec.model_class), self.spec.model_class
+        if not kind.takes_cutoff:  # one output, "score"; the other kinds have one output per exit
             if self.exits:
-                raise fail(f"field 'exits' must be [] for model_class {kind!r}, found {list(self.exits)}")
+                raise fail(f"field 'exits' must be [] for model_class {model_class!r}, found {list(self.exits)}")
             if "score" not in outputs:
-                raise fail(f"field 'graph.outputs' must contain 'score' for model_class {kind!r}, found {outputs}")
+                raise fail(f"field 'graph.outputs' must contain 'score' for model_class {model_class!r}, found "
+                           f"{outputs}")
         elif not self.exits:
-            raise fail(f"field 'exits' must list [layer, head] pairs for model_class {kind!r}, found []")
+            raise fail(f"field 'exits' must list [layer, head] pairs for model_class {model_class!r}, found []")
         missing = [n for n in self.exit_names() if n not in outputs]
         if missing:
             raise fail(f"field 'exits' names outputs {missing} that 'graph.outputs' {outputs} lacks")
@@ -192,8 +174,10 @@ class Manifest:
             raise fail(f"field 'compress_layers' must be ascending without duplicates, found {list(self.compress_layers)}")
         if self.compress_ratio == 1 and self.compress_layers:
             raise fail(f"field 'compress_layers' must be [] when compress_ratio is 1, found {list(self.compress_layers)}")
-        if kind != LIGHTWEIGHT and (self.compress_ratio != 1 or self.compress_layers):
-            raise fail(f"token compression (compress_ratio/compress_layers) is only for {LIGHTWEIGHT!r}, not {kind!r}")
+        if not kind.takes_compression and (self.compress_ratio != 1 or self.compress_layers):
+            compressing = [k for k, v in KINDS.items() if v.takes_compression]
+            raise fail(f"token compression (compress_ratio/compress_layers) is only for {compressing}, not "
+                       f"{model_class!r}")
         if self.max_sequence_length < self.max_length:
             raise fail(f"field 'max_sequence_length' ({self.max_sequence_length}) is below "
                        f"'max_length' ({self.max_length})")
@@ -204,12 +188,46 @@ class Manifest:
         if sorted(self.files) != sorted(self.artifact_files()):
             raise fail(f"field 'files' must record exactly {sorted(self.artifact_files())} (the graph, its external "
                        f"data and the tokenizer), found {sorted(self.files)}")
+        self._check_inputs(fail)
         self._check_kind_fields(fail)
+        if self.tensorrt is not None:
+            self._check_profiles(self.tensorrt, fail)
+
+    def stages(self) -> int:
+        """How many compression stages the graph bakes (each takes a gather plan: compress_index_k/weight_k)."""
+        return len(self.compress_layers) if self.compress_ratio > 1 else 0
+
+    def _check_inputs(self, fail: Any) -> None:
+        """The graph takes the token inputs and one plan per baked compression stage, nothing else."""
+        want = {**{n: 2 for n in TOKEN_INPUTS}, **{n: 3 for n in plan_inputs(self.stages())}}
+        have = {t.name: t for t in self.graph.inputs}
+        if set(have) != set(want):
+            raise fail(f"field 'graph.inputs' must be {sorted(want)} for compress_ratio={self.compress_ratio}, "
+                       f"compress_layers={list(self.compress_layers)}, found {sorted(have)}")
+        for name, rank in want.items():
+            shape = have[name].shape
+            if len(shape) != rank or (rank == 3 and isinstance(shape[2], int) and shape[2] != self.compress_ratio):
+                expected = "[batch, sequence]" if rank == 2 else f"[batch, compressed, {self.compress_ratio}]"
+                raise fail(f"field 'graph.inputs' gives {name} the shape {list(shape)}; expected {expected}")
+
+    def _check_profiles(self, record: EngineRecord, fail: Any) -> None:
+        """Every engine profile gives every graph input shapes of its rank, within the exported sequence length."""
+        ranks = {t.name: len(t.shape) for t in self.graph.inputs}
+        for p in record.profiles:
+            if sorted(p.shapes) != sorted(ranks):
+                raise fail(f"field 'tensorrt.profiles[{p.index}].shapes' must give {sorted(ranks)}, found "
+                           f"{sorted(p.shapes)}")
+            bad = [n for n, levels in p.shapes.items() if len(levels[0]) != ranks[n]]
+            if bad:
+                raise fail(f"field 'tensorrt.profiles[{p.index}].shapes' has the wrong rank for {bad}")
+            if p.max_length > self.max_sequence_length:
+                raise fail(f"field 'tensorrt.profiles[{p.index}].max_length' ({p.max_length}) is beyond "
+                           f"'max_sequence_length' ({self.max_sequence_length})")
 
     def _check_kind_fields(self, fail: Any) -> None:
         """Spec fields a kind cannot do without: decoders score a "Yes" id, the layer kinds count layers."""
         kind = get_kind(self.spec.model_class)
-        needed = (["yes_token_id"] if kind.default_prompt is not None else []) + (
+        needed = (["yes_token_id"] if kind.prompted else []) + (
             ["num_layers", "start_layer"] if kind.takes_cutoff else [])
         for name in needed:
             value = getattr(self.spec, name)
@@ -224,50 +242,10 @@ class Manifest:
         """The graph outputs that carry scores: one per exit, or ("score",) for the single-score kinds."""
         return tuple(exit_name(layer, head) for layer, head in self.exits) if self.exits else ("score",)
 
-    def describe_heads(self) -> str:
-        """'layer 2 (head 0), layer 3 (head 1)' or 'one score output' for error messages."""
-        if not self.exits:
-            return "one score output ('score')"
-        return ", ".join(f"layer {layer} (head {head})" for layer, head in self.exits)
-
     def validate_against(self, session_or_io: Any, where: str | None = None) -> None:
-        """Check that a graph's inputs and outputs match this manifest (names, element types and ranks).
-
-        session_or_io: an onnxruntime.InferenceSession (anything with get_inputs()/get_outputs() returning objects
-        with .name, .type and .shape), or a mapping {"inputs": {name: dtype}, "outputs": {name: dtype}} whose dtypes
-        are manifest names ("int64"), ONNX Runtime type strings ("tensor(int64)") or None (not compared).
-        """
-        found = graph_io(session_or_io)
-        problems: list[str] = []
-        for side in ("inputs", "outputs"):
-            want = {t.name: t for t in getattr(self.graph, side)}
-            have = found[side]
-            if set(want) != set(have):
-                problems.append(f"{side}: manifest has {sorted(want)}, graph has {sorted(have)}")
-                continue
-            for name, spec in want.items():
-                dtype, rank = have[name]
-                if dtype is not None and dtype != spec.dtype:
-                    problems.append(f"{side[:-1]} {name!r}: manifest dtype {spec.dtype}, graph dtype {dtype}")
-                if rank is not None and rank != len(spec.shape):
-                    problems.append(f"{side[:-1]} {name!r}: manifest shape {list(spec.shape)}, graph rank {rank}")
-        if problems:
-            raise ManifestMismatchError(
-                f"manifest.json and {where or self.graph.file} disagree: " + "; ".join(problems)
-                + "; the files come from different exports: re-export the artifact with `rerank-export`"
-            )
-
-
-def tensors_from_session(session: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """(inputs, outputs) as TensorSpecs from an onnxruntime.InferenceSession, for writers of manifests."""
-    def specs(args: Any) -> tuple[TensorSpec, ...]:
-        out: list[TensorSpec] = []
-        for a in args:
-            dims = tuple(d if isinstance(d, (int, str)) else f"dim{i}" for i, d in enumerate(a.shape))
-            out.append(TensorSpec(a.name, DTYPE_OF_ORT.get(a.type, a.type), dims))
-        return tuple(out)
-
-    return specs(session.get_inputs()), specs(session.get_outputs())
+        """ManifestMismatchError unless a graph's inputs and outputs match this manifest's (GraphInfo.check: names,
+        element types, ranks). session_or_io: an onnxruntime.InferenceSession or an io mapping."""
+        self.graph.check(session_or_io, where)
 
 
 # --- parsing helpers -------------------------------------------------------------------------------------------------
@@ -277,8 +255,8 @@ def _check_version(top: JsonObject, where: str) -> None:
     version = top.integer("schema_version")
     if version < SCHEMA_VERSION:
         raise ArtifactError(f"{where}: schema_version {version} was written by an older rerank-export; this runtime "
-                            f"reads schema {SCHEMA_VERSION}, which records the size and sha256 of every artifact file "
-                            "so that a damaged or mixed-up file is refused: re-export it with this version "
+                            f"reads schema {SCHEMA_VERSION} (schema 2 added the size and sha256 of every artifact "
+                            "file, schema 3 the typed TensorRT engine record): re-export it with this version "
                             "(`rerank-export --model <checkpoint> --output <this directory> --overwrite`)")
     if version > SCHEMA_VERSION:
         raise ArtifactError(f"{where}: schema_version {version} is not supported (this runtime reads "
@@ -293,48 +271,6 @@ def _spec(top: JsonObject) -> ModelSpec:
         raise ArtifactError(f"{top.where}: field 'spec.{exc.field}' {exc.problem}; {_HINT}") from exc
     except ValueError as exc:
         raise ArtifactError(f"{top.where}: field 'spec' is invalid: {exc}; {_HINT}") from exc
-
-
-def _files(files: JsonObject) -> dict[str, FileRecord]:
-    out: dict[str, FileRecord] = {}
-    for name in files.d:
-        record = files.obj(name)
-        record.known(("bytes", "sha256"))
-        digest = record.text("sha256")
-        if len(digest) != 64 or not set(digest) <= _SHA256_DIGITS:
-            raise record.fail("sha256", "64 lowercase hex digits", digest)
-        out[name] = FileRecord(record.integer("bytes", 0), digest)
-    return out
-
-
-def _token_layout(layout: JsonObject) -> TokenLayout:
-    layout.known(_LAYOUT_KEYS)
-    return TokenLayout(vocab_size=layout.integer("vocab_size", 1), pad_token=layout.text("pad_token"),
-                       bos_token=layout.optional_text("bos_token"),
-                       separator_ids=tuple(layout.integers("separator_ids", 0)),
-                       prompt_ids=tuple(layout.integers("prompt_ids", 0)))
-
-
-def _graph(g: JsonObject) -> GraphInfo:
-    names = g.array("external_data")
-    if not all(isinstance(n, str) and n and n == os.path.basename(n) for n in names):
-        raise g.fail("external_data", "a list of file names inside the export directory", names)
-    return GraphInfo(file=g.filename("file"), opset=g.integer("opset", 1), inputs=_tensors(g, "inputs"),
-                     outputs=_tensors(g, "outputs"), external_data=tuple(names))
-
-
-def _tensors(g: JsonObject, key: str) -> tuple[TensorSpec, ...]:
-    items = g.array(key)
-    if not items:
-        raise g.fail(key, "a non-empty list of {name, dtype, shape}", items)
-    out: list[TensorSpec] = []
-    for i, item in enumerate(items):
-        t = JsonObject(item, f"{g.path}{key}[{i}].", g.where)
-        shape = t.array("shape")
-        if not all((is_int(d) and d >= 1) or (isinstance(d, str) and d) for d in shape):
-            raise t.fail("shape", "a list of positive ints or axis names", shape)
-        out.append(TensorSpec(t.text("name"), t.choice("dtype", tuple(ORT_TYPES)), tuple(shape)))
-    return tuple(out)
 
 
 def _exits(top: JsonObject) -> tuple[tuple[int, int], ...]:

@@ -22,7 +22,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Union
 
 from ._deps import install_hint, require
 from .cudart import visible_cuda_devices
@@ -120,7 +120,7 @@ def device_names(devices: DeviceArg, gpu_default: bool = False) -> list[str]:
     anything else raises ProviderUnavailableError naming what is accepted."""
     if devices is None:
         return ["cuda:0" if gpu_default else "cpu"]
-    items: list[object] = [devices] if isinstance(devices, (str, numbers.Integral)) else list(devices)
+    items: list[object] = [devices] if isinstance(devices, (str, int, numbers.Integral)) else list(devices)
     if not items:
         raise ProviderUnavailableError("devices is an empty list; pass 'cpu', 'cuda:N', an index, or a list of those")
     names = [_device_name(d) for d in items]
@@ -234,14 +234,13 @@ def tensorrt_options(device_id: int, manifest: Manifest, cache_dir: Path) -> dic
 def profile_shapes(manifest: Manifest) -> tuple[str, str, str]:
     """min/opt/max strings ("name:AxB,...", one group per profile) covering every dynamic graph input.
 
-    With a manifest "tensorrt" section (written by `rerank-export engine`), its "profiles" are used as they are:
-    [{"shapes": {input name: {"min": [...], "opt": [...], "max": [...]}}, ...}, ...]. Without one, a single profile:
-    axis 0 is the batch (1..DEFAULT_MAX_BATCH), every other named axis a sequence length (1..max_sequence_length).
+    With an engine record (manifest "tensorrt", written by `rerank-export engine`), its profiles are used as they are
+    (the manifest guarantees shapes for every graph input). Without one, a single profile: axis 0 is the batch
+    (1..DEFAULT_MAX_BATCH), every other named axis a sequence length (1..max_sequence_length).
     """
     dynamic = [t for t in manifest.graph.inputs if not all(isinstance(d, int) for d in t.shape)]
-    section: dict[str, Any] = manifest.tensorrt or {}
-    if "profiles" in section:
-        groups = [_section_profile(p, [t.name for t in dynamic]) for p in section["profiles"]]
+    if manifest.tensorrt is not None:
+        groups = [{t.name: p.shapes[t.name] for t in dynamic} for p in manifest.tensorrt.profiles]
     else:
         max_b, max_s = DEFAULT_MAX_BATCH, manifest.max_sequence_length
         opt = (max_b, min(DEFAULT_OPT_SEQUENCE, max_s))
@@ -255,18 +254,6 @@ def profile_shapes(manifest: Manifest) -> tuple[str, str, str]:
 
 def _dims(shape: tuple[int | str, ...], batch: int, seq: int) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) else (batch if i == 0 else seq) for i, d in enumerate(shape))
-
-
-def _section_profile(profile: Any, names: list[str]) -> dict[str, tuple[tuple[int, ...], ...]]:
-    try:
-        shapes = profile["shapes"]
-        group = {n: tuple(tuple(int(x) for x in shapes[n][k]) for k in ("min", "opt", "max")) for n in names}
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ProviderUnavailableError(
-            f"manifest 'tensorrt' profile {profile!r} lacks min/opt/max shapes for every dynamic input {names} "
-            f"({exc!r}); rebuild the engine section with `rerank-export engine`, or set tensorrt to null"
-        ) from exc
-    return group
 
 
 def _opt(v: object) -> str:

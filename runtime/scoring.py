@@ -1,13 +1,13 @@
-"""The host side of compute_score: validate input, tokenise, sort, batch, pad, run the backend, restore order.
+"""The host side of compute_score: validate input, tokenise, sort, batch, pad, run the front, restore order.
 
-The same code serves every backend (ONNX Runtime, TensorRT, the PyTorch reference), so a parity failure between
-them is a graph problem, never a host problem.
+The same code serves every backend (ONNX Runtime, TensorRT, the PyTorch reference) through its front (spec.Front), so
+a parity failure between them is a graph problem, never a host problem.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +21,7 @@ from .errors import ManifestMismatchError, NonFiniteScoreError
 from .kinds import Kind, padding_side
 from .layout import EncodedChunk, Instructions, LayoutSettings, PairEncoder, check_text
 from .limits import Limits
-from .spec import Backend, GraphRequest, ModelSpec
+from .spec import Front, GraphRequest, ModelSpec
 
 Pair = tuple[str, str]
 
@@ -105,21 +105,24 @@ class Scorer:
     """Scores pairs with one model. Holds no per-call state, so concurrent calls from several threads are safe."""
 
     def __init__(
-        self, spec: ModelSpec, kind: Kind, tokenizer: Tokenizer, backend: Backend, instructions: Instructions
+        self, spec: ModelSpec, kind: Kind, tokenizer: Tokenizer, front: Front, instructions: Instructions
     ) -> None:
         self.spec = spec
         self.kind = kind
         self.tokenizer = tokenizer
-        self.backend = backend
+        self.front = front
         self.instructions = instructions
 
-    def score(self, pairs: Sequence[Pair], plan: CallPlan) -> np.ndarray:
-        """Raw float32 scores [n_outputs, n_pairs] in input order, one row per plan.request.output_names."""
-        self.backend.check(plan.request)
+    def score(self, pairs: Sequence[Pair], plan: CallPlan, progress: Callable[[int], object] | None = None
+              ) -> np.ndarray:
+        """Raw float32 scores [n_outputs, n_pairs] in input order, one row per plan.request.output_names.
+
+        progress(n) is called with each batch's row count as its scores arrive."""
+        self.front.check(plan.request)
         names = plan.request.output_names
         out = np.empty((len(names), len(pairs)), dtype=np.float32)
         encoder = PairEncoder(self.spec, self.kind, self.tokenizer, plan.layout)
-        with _Runner(self.backend, plan.request, out) as runner:
+        with _Runner(self.front, plan.request, out, progress) as runner:
             for lo, chunk in self._chunks(encoder, pairs, plan.chunk_size):
                 lengths = np.array([len(row) for row in chunk.ids], dtype=np.int64)
                 plan.limits.check_rows(lengths, lo)
@@ -129,6 +132,10 @@ class Scorer:
                 ):
                     runner.submit(self._feeds(chunk, batch, plan.request), lo + batch)
         return out
+
+    def encode(self, pairs: Sequence[Pair], layout: LayoutSettings) -> EncodedChunk:
+        """The ids of these pairs under these layout settings, as score() feeds them (before padding)."""
+        return self._encode(PairEncoder(self.spec, self.kind, self.tokenizer, layout), pairs)
 
     def _encode(self, encoder: PairEncoder, pairs: Sequence[Pair]) -> EncodedChunk:
         queries, passages = self.instructions.apply([p[0] for p in pairs], [p[1] for p in pairs])
@@ -169,14 +176,15 @@ class Scorer:
 
 
 class _Runner:
-    """Runs batches inline, or keeps up to `backend.concurrency` of them in flight on a per-call thread pool."""
+    """Runs batches inline, or keeps up to `front.concurrency` of them in flight on a per-call thread pool."""
 
-    def __init__(self, backend: Backend, request: GraphRequest, out: np.ndarray) -> None:
-        self.backend = backend
+    def __init__(self, front: Front, request: GraphRequest, out: np.ndarray,
+                 progress: Callable[[int], object] | None = None) -> None:
+        self.front = front
+        self.progress = progress
         self.request = request
         self.out = out
-        concurrency = getattr(backend, "concurrency", 1)
-        self.width = concurrency if isinstance(concurrency, int) and not isinstance(concurrency, bool) else 1
+        self.width = max(1, front.concurrency)
         self.pool = ThreadPoolExecutor(self.width, thread_name_prefix="rerank") if self.width > 1 else None
         self.pending: deque[tuple[Future[list[np.ndarray]], np.ndarray]] = deque()
 
@@ -194,11 +202,11 @@ class _Runner:
 
     def submit(self, feeds: dict[str, np.ndarray], dest: np.ndarray) -> None:
         if self.pool is None:
-            self._store(self.backend.run(self.request, feeds), dest)
+            self._store(self.front.run(self.request, feeds), dest)
             return
         while len(self.pending) >= self.width:
             self._collect()
-        self.pending.append((self.pool.submit(self.backend.run, self.request, feeds), dest))
+        self.pending.append((self.pool.submit(self.front.run, self.request, feeds), dest))
 
     def _collect(self) -> None:
         future, dest = self.pending.popleft()
@@ -208,7 +216,7 @@ class _Runner:
         names, rows = self.request.output_names, len(dest)
         if len(outputs) != len(names):
             raise ManifestMismatchError(
-                f"the backend returned {len(outputs)} outputs for {list(names)}; the contract is one per name"
+                f"the graph returned {len(outputs)} outputs for {list(names)}; the contract is one per name"
             )
         for k, (name, values) in enumerate(zip(names, outputs)):
             arr = np.asarray(values)
@@ -217,3 +225,5 @@ class _Runner:
                     f"output {name!r} has shape {arr.shape} for a batch of {rows} rows; expected ({rows},) raw scores"
                 )
             self.out[k, dest] = arr.astype(np.float32)
+        if self.progress is not None:
+            self.progress(rows)

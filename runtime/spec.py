@@ -2,12 +2,14 @@
 
 `ModelSpec` is everything the host needs to know about a model to build FlagEmbedding's token ids and to
 map FlagEmbedding's arguments onto graph outputs. The exporter writes it into manifest.json; the PyTorch
-reference derives it from the checkpoint directory. `GraphRequest` says which graph a call needs, and a
-`Backend` runs it: ONNX Runtime, a TensorRT engine, or the PyTorch reference.
+reference derives it from the checkpoint directory. `GraphRequest` says which graph a call needs; a `Front`
+checks it against the graph that is served and runs it (front.GraphFront, the one request front); a `Backend` runs
+that graph on one device: ONNX Runtime, a TensorRT engine, or the PyTorch reference.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Protocol
 
@@ -21,6 +23,7 @@ LIGHTWEIGHT = "decoder-only-lightweight"
 MODEL_CLASSES = (ENCODER, DECODER, LAYERWISE, LIGHTWEIGHT)
 
 
+TOKEN_INPUTS = ("input_ids", "attention_mask")  # every graph's first two inputs, int64 [batch, sequence]
 YES_TEXT = "Yes"  # the decoder kinds score the logit of this text's first token (FlagEmbedding's "Yes" id)
 PADDING_SIDES = ("left", "right")
 
@@ -51,7 +54,6 @@ _FIELD_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "num_layers": _int(1, optional=True),
     "start_layer": _int(0, optional=True),
     "layer_sep": _int(1),
-    "model_max_length": _int(1, optional=True),
     "max_positions": _int(1, optional=True),
 }
 
@@ -72,7 +74,6 @@ class ModelSpec:
     num_layers: int | None = None
     start_layer: int | None = None
     layer_sep: int = 1
-    model_max_length: int | None = None
     # the longest token sequence the model's position table serves (XLM-R: max_position_embeddings minus the
     # padding offset; rotary decoders: max_position_embeddings); None where unknown
     max_positions: int | None = None
@@ -129,12 +130,26 @@ def exit_name(layer: int, head: int) -> str:
 
 
 class Backend(Protocol):
-    """Runs a graph on a padded batch.
+    """Runs one served graph on one device (front.RoundRobin puts several behind one).
 
-    feeds: input_ids int64 [B, S], attention_mask int64 [B, S] and, for compression stage k,
-    compress_index_{k} int64 [B, S_k, r] and compress_weight_{k} float32 [B, S_k, r].
-    Returns one float32 array of raw scores [B] per name in request.output_names, in that order.
+    run(names, feeds): feeds are exactly the graph's inputs in its dtypes (front.ServedGraph.complete made them):
+    input_ids int64 [B, S], attention_mask int64 [B, S] and, for compression stage k, compress_index_{k} int64
+    [B, S_k, r] and compress_weight_{k} float32 [B, S_k, r]. Returns one float32 array of raw scores [B] per name, in
+    that order. run() may be called from several threads at once; concurrency says how many calls make progress
+    together (1 for one device), so that the host keeps that many batches in flight.
     """
+
+    concurrency: int
+
+    def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+class Front(Protocol):
+    """What the host side calls (scoring.Scorer): check a request once per call, then run it on each padded batch
+    (the host's feeds: token ids, mask and the compression plans the request runs). front.GraphFront is the one
+    implementation over a Backend; test doubles implement it directly."""
+
+    concurrency: int
 
     def check(self, request: GraphRequest) -> None: ...
 
@@ -143,8 +158,9 @@ class Backend(Protocol):
 
 @dataclass
 class Loaded:
-    """What a loader hands to the FlagEmbedding-compatible classes.
+    """What a loader hands to the FlagEmbedding-compatible classes (Reranker.from_loaded takes one).
 
+    front: where requests are checked and run (an export: a GraphFront over its backends).
     defaults: instance defaults implied by the model (e.g. an artifact's baked cutoff_layers, compress_ratio and
     compress_layers), used where the user passed nothing.
     max_length: the FlagEmbedding max_length an export was sized and verified for; longer settings are refused with
@@ -153,6 +169,6 @@ class Loaded:
 
     spec: ModelSpec
     tokenizer: Any  # tokenizers.Tokenizer
-    backend: Backend
+    front: Front
     defaults: dict[str, Any] = field(default_factory=dict)
     max_length: int | None = None  # the export's max_length (rerank-export --max-length); None: no export limit

@@ -1,7 +1,8 @@
 """Runs an export directory's native TensorRT engine (`model.engine`, built by `rerank-export engine <dir>`).
 
-`TensorRTBackend` implements spec.Backend. The pure parts (the manifest's engine record, profile selection, request
-checks: trt_engine.py) run and are tested on CPU, and so does the whole run/capture/replay plumbing here, against fake
+`TensorRTBackend` implements spec.Backend on one GPU (requests are checked and their feeds completed by the front,
+front.GraphFront). The pure parts (the manifest's engine record, profile selection: trt_engine.py) run and are tested
+on CPU, and so does the whole run/capture/replay plumbing here, against fake
 `tensorrt` and `cuda.bindings.runtime` modules (tests/fake_cuda.py). Against real CUDA it is checked by the gpu-marked
 tests (tests/test_gpu_trt_fake.py: real cuda-bindings, a fake TensorRT whose enqueue launches a CuPy kernel); against
 real TensorRT by the trt-marked tests and benchmarks/gpu_check.py. None of those has run on a GPU yet.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,16 +20,14 @@ from typing import Any
 import numpy as np
 
 from ._deps import require
-from .compression import pass_through_stages
 from .cudart import CudaRuntime, DeviceBuffer, PinnedBuffer
-from .errors import ArtifactError, EngineError, ManifestMismatchError, UnsupportedRequestError
-from .spec import GraphRequest
-from .trt_engine import (ENGINE_FILE, MIN_TENSORRT, Profile, Shape, check_engine_compatibility, check_request,
-                         check_tensorrt_version, engine_section, logged, profiles_from_section, rebuild_command,
-                         select_profile, trt_logger)
+from .errors import EngineError, ManifestMismatchError
+from .manifest import Manifest
+from .trt_engine import (ENGINE_FILE, MIN_TENSORRT, EngineRecord, Profile, Shape, check_engine_compatibility,
+                         check_tensorrt_version, engine_record, logged, rebuild_command, select_profile, trt_logger)
 
-__all__ = ["ENGINE_FILE", "MIN_TENSORRT", "Profile", "Shape", "TensorRTBackend", "check_engine_compatibility",
-           "check_request", "check_tensorrt_version", "engine_section", "profiles_from_section", "rebuild_command",
+__all__ = ["ENGINE_FILE", "MIN_TENSORRT", "EngineRecord", "Profile", "Shape", "TensorRTBackend",
+           "check_engine_compatibility", "check_tensorrt_version", "engine_record", "rebuild_command",
            "select_profile", "trt_logger"]
 
 
@@ -59,22 +59,20 @@ class TensorRTBackend:
 
     concurrency = 1
 
-    def __init__(self, export_dir: Path, manifest: dict[str, Any], device_id: int = 0, *,
+    def __init__(self, export_dir: Path, manifest: Manifest, device_id: int = 0, *,
                  use_cuda_graphs: bool = False, cuda_graph_max_batch: int = 4, max_cuda_graphs: int = 16) -> None:
+        """The engine file is not checked here: load_artifact checks it against its record (size and sha256) once
+        for every device (integrity.check_engine)."""
         self.export_dir, self.manifest, self.device_id = Path(export_dir), manifest, device_id
         self.use_cuda_graphs, self.cuda_graph_max_batch = use_cuda_graphs, cuda_graph_max_batch
         self.max_cuda_graphs = max_cuda_graphs
-        section = engine_section(manifest, self.export_dir)
-        self.profiles = profiles_from_section(section)
-        path = self.export_dir / section["engine_file"]
-        if not path.is_file() or path.stat().st_size != int(section["engine_bytes"]):
-            found = f"{path.stat().st_size} bytes" if path.is_file() else "no file"
-            raise ArtifactError(f"{path}: expected the {section['engine_bytes']}-byte engine that manifest.json "
-                                f"records, found {found}; rebuild it: {rebuild_command(self.export_dir)}")
+        record = engine_record(manifest, self.export_dir)
+        self.profiles = list(record.profiles)
+        path = self.export_dir / record.engine_file
         self._trt, self._cuda = require("tensorrt"), CudaRuntime()
         check_tensorrt_version(self._trt)
         device = self._cuda.device_info(device_id)
-        check_engine_compatibility(section, tensorrt_version=self._trt.__version__, gpu_name=device.name,
+        check_engine_compatibility(record, tensorrt_version=self._trt.__version__, gpu_name=device.name,
                                    compute_capability=device.compute_capability, export_dir=self.export_dir)
         self._cuda.set_device(device_id)
         self._logger = trt_logger(self._trt)
@@ -98,16 +96,9 @@ class TensorRTBackend:
                           max(p.max_batch_size for p in self.profiles))
 
     # Backend protocol ----------------------------------------------------------------------------------------
-    def check(self, request: GraphRequest) -> None:
-        check_request(self.manifest, request)
-
-    def run(self, request: GraphRequest, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        stages, planned = len(self.manifest.get("compress_layers", ())), len(request.compress_layers)
-        if stages > planned:
-            feeds = pass_through_stages(feeds, planned, stages, int(self.manifest["compress_ratio"]))
-        missing = [n for n in self._inputs if n not in feeds]
-        if missing:
-            raise UnsupportedRequestError(f"feeds lack {missing}; the engine takes {self._inputs}")
+    def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """feeds: the graph's inputs, completed by the front; staged in the engine's binding types (which the
+        manifest's input types are, so this copies nothing in practice)."""
         arrays = {n: np.ascontiguousarray(feeds[n], dtype=self._dtypes[n]) for n in self._inputs}
         batch, length = arrays["input_ids"].shape
         profile = select_profile(self.profiles, batch, length, self.export_dir, self.manifest)
@@ -116,7 +107,7 @@ class TensorRTBackend:
                 raise EngineError(f"this TensorRTBackend for {self.export_dir} was closed; create a new one")
             self._cuda.set_device(self.device_id)  # the current device is per thread
             outputs = self._execute(profile, arrays, batch)
-        return [outputs[name] for name in request.output_names]
+        return [outputs[name] for name in names]
 
     @property
     def stream_handle(self) -> int:
@@ -153,8 +144,8 @@ class TensorRTBackend:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        graph = self.manifest["graph"]
-        want_in, want_out = {i["name"] for i in graph["inputs"]}, {o["name"] for o in graph["outputs"]}
+        graph = self.manifest.graph
+        want_in, want_out = {t.name for t in graph.inputs}, {t.name for t in graph.outputs}
         outputs = set(names) - set(inputs)
         if set(inputs) != want_in or outputs != want_out:
             raise ManifestMismatchError(

@@ -71,7 +71,7 @@ class _Routes:
 
     def not_ready(self) -> ServeError:
         return ServeError(503, "unhealthy", self.error or "loading: the model is not loaded and warmed up yet; retry "
-                          "shortly", {"Retry-After": "1"})  # fmt: skip
+                          "shortly", {"Retry-After": "1"})
 
     async def health(self, request: Any) -> Any:
         if self.error:
@@ -88,7 +88,7 @@ class _Routes:
             return self.reply(self.not_ready())
         limits = {k: v for k, v in self.settings.to_dict().items() if k not in ("api_key", "export_dir")}
         return self.responses.JSONResponse({**self.engine.info, "limits": limits,
-                                            "auth": self.settings.api_key is not None})  # fmt: skip
+                                            "auth": self.settings.api_key is not None})
 
     async def prometheus(self, request: Any) -> Any:
         body, content_type = self.metrics.render()
@@ -129,7 +129,7 @@ class _Routes:
             field = "texts" if route == TEI else "documents"
             raise ServeError(500, "backend", f"the model scored `{field}[{int(bad[0])}]` as a non-finite value (NaN "
                              "or inf); this request gets no scores rather than a wrong one. An fp16 export that "
-                             "overflows is the usual cause: serve an fp32 or bf16 export")  # fmt: skip
+                             "overflows is the usual cause: serve an fp32 or bf16 export")
         return self.responses.JSONResponse(respond(parsed, scores, engine.info["model_name"], tokens))
 
 
@@ -156,7 +156,7 @@ def _authorize(request: Any, api_key: str | None) -> None:
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
         raise ServeError(401, "unauthorized", "missing or wrong API key: send the header `Authorization: Bearer "
                          "<key>` with the key the server was started with (--api-key)",
-                         {"WWW-Authenticate": "Bearer"})  # fmt: skip
+                         {"WWW-Authenticate": "Bearer"})
 
 
 async def _read_json(request: Any, limit: int) -> Any:
@@ -177,7 +177,7 @@ async def _read_json(request: Any, limit: int) -> Any:
 
 def _too_large(size: int, limit: int) -> ServeError:
     return ServeError(413, "validation", f"the request body is {size} bytes or more, over the limit of {limit} bytes "
-                      "that --max-client-batch x --max-input-chars allow; split the request")  # fmt: skip
+                      "that --max-client-batch x --max-input-chars allow; split the request")
 
 
 async def _unless_disconnected(request: Any, scoring: Awaitable[tuple[np.ndarray, int]]) -> tuple[np.ndarray, int]:

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from rerank_runtime._deps import install_hint
+
 GRACEFUL_SHUTDOWN_S = 30  # how long SIGTERM waits for in-flight requests
 
 
@@ -40,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cross-request-batching", action="store_true",
                    help="score each request on its own (embedded server only; for comparison)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    ray = p.add_argument_group("Ray Serve (pip install 'bge-rerank-fast[ray]')")
+    ray = p.add_argument_group(f"Ray Serve: {install_hint('cpu', 'ray')}")
     ray.add_argument("--ray", action="store_true", help="serve on Ray Serve instead of one embedded process")
     ray.add_argument("--replicas", type=int, default=1, help="replicas (default 1)")
     ray.add_argument("--ray-address", default=None, help="an existing cluster (default: start a local Ray)")
@@ -58,7 +60,7 @@ def settings_from(args: argparse.Namespace) -> Any:
         max_client_batch=args.max_client_batch, max_input_chars=args.max_input_chars, max_queue=args.max_queue,
         model_name=args.model_name, api_key=args.api_key or None,
         cross_request_batching=not args.no_cross_request_batching,
-    )  # fmt: skip
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,7 +93,7 @@ def serve_embedded(settings: Any, host: str, port: int, log_level: str = "info")
     uvicorn = require("uvicorn")
     app = create_app(settings, lambda metrics: LocalEngine.start(lambda: load(settings), settings, metrics))
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level=log_level,
-                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)  # fmt: skip
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     server = uvicorn.Server(config)
     # uvicorn drains on SIGTERM, then re-raises the signal to the handler it found; a no-op one makes the exit 0
     signal.signal(signal.SIGTERM, lambda signum, frame: None)

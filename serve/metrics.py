@@ -22,18 +22,18 @@ class Metrics:
         self.registry = prom.CollectorRegistry()
         r = self.registry
         self.requests = prom.Counter("rerank_requests", "Requests by route and HTTP status", ["route", "status"],
-                                     registry=r)  # fmt: skip
+                                     registry=r)
         self.latency = prom.Histogram("rerank_request_duration_seconds", "Request latency, body read to response",
-                                      ["route"], buckets=_LATENCY, registry=r)  # fmt: skip
+                                      ["route"], buckets=_LATENCY, registry=r)
         self.queue_wait = prom.Histogram("rerank_queue_wait_seconds", "Time a request's pairs waited for a batch",
-                                         buckets=_LATENCY, registry=r)  # fmt: skip
+                                         buckets=_LATENCY, registry=r)
         self.batch_pairs = prom.Histogram("rerank_batch_pairs", "Pairs per runtime call (merged across requests)",
-                                          buckets=_PAIRS, registry=r)  # fmt: skip
+                                          buckets=_PAIRS, registry=r)
         self.batch_tokens = prom.Histogram("rerank_batch_tokens", "Tokens per runtime call (merged across requests)",
-                                           buckets=_TOKENS, registry=r)  # fmt: skip
+                                           buckets=_TOKENS, registry=r)
         self.pairs_scored = prom.Counter("rerank_pairs_scored", "Pairs scored by the model", registry=r)
         self.pairs_dropped = prom.Counter("rerank_pairs_dropped", "Pairs dropped unscored: their client disconnected",
-                                          registry=r)  # fmt: skip
+                                          registry=r)
         self.inflight = prom.Gauge("rerank_requests_in_flight", "Rerank requests being served", registry=r)
         self.queue_pairs = prom.Gauge("rerank_queue_pairs", "Pairs waiting for a batch", registry=r)
 

@@ -6,7 +6,6 @@ a merged batch cannot fail the other requests in it; the route turns a request's
 
 from __future__ import annotations
 
-import platform
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +16,6 @@ from .schemas import RankRequest, ServeError, invalid
 from .settings import ServeSettings
 
 GroupKey = tuple[int, "int | None"]  # (max_length, cutoff_layer): the options that change scores
-_UNLIMITED = 1 << 30
 
 
 @dataclass(eq=False)
@@ -41,11 +39,11 @@ class Model:
         self.reranker = reranker
         self.model_name = model_name
         self.max_length: int = reranker.max_length
-        self.concurrency = _concurrency(reranker.backend)
+        self.concurrency: int = reranker.front.concurrency
         self.cutoff_layers = self._servable_layers()
         self.info = {"model_name": model_name, "model_class": reranker.spec.model_class, "max_length": self.max_length,
                      "cutoff_layers": self.cutoff_layers, "default_cutoff_layer": self._default_layer(),
-                     "concurrency": self.concurrency, **(info or {})}  # fmt: skip
+                     "concurrency": self.concurrency, **(info or {})}
 
     def _servable_layers(self) -> list[int]:
         """The layers a request may pick with cutoff_layer: those whose single-layer call this export serves."""
@@ -78,9 +76,9 @@ class Model:
                              "this model has a single score head, leave the field out"))
         max_length = min(request.max_length or self.max_length, self.max_length)
         pairs = [(request.query, doc) for doc in request.documents]
-        tokens = self.token_lengths(pairs, max_length)
+        tokens = self.reranker.token_lengths(pairs, max_length=max_length)
         if not request.truncate:
-            full = self.token_lengths(pairs, _UNLIMITED)
+            full = self.reranker.token_lengths(pairs, truncate=False)
             cut = np.flatnonzero(full > tokens)
             if len(cut):
                 i = int(cut[0])
@@ -88,17 +86,6 @@ class Model:
                                  f"model's max_length of {max_length}; send \"truncate\": true to cut it as "
                                  "FlagEmbedding does, or shorten it")
         return Job(key=(max_length, layer), pairs=pairs, tokens=tokens)
-
-    def token_lengths(self, pairs: list[tuple[str, str]], max_length: int) -> np.ndarray:
-        """Ids per pair exactly as the runtime lays them out (instructions, prompt, truncation) for this max_length."""
-        from rerank_runtime.layout import PairEncoder
-
-        # the runtime's own resolution of the call's settings, and its own encoder: one rule for the layout
-        plan, _ = self.reranker._plan({"max_length": max_length, "query_max_length": None if max_length < _UNLIMITED
-                                       else _UNLIMITED})  # fmt: skip
-        scorer = self.reranker._scorer
-        chunk = scorer._encode(PairEncoder(scorer.spec, scorer.kind, scorer.tokenizer, plan.layout), pairs)
-        return np.array([len(row) for row in chunk.ids], dtype=np.int64)
 
     def score(self, key: GroupKey, pairs: list[tuple[str, str]]) -> np.ndarray:
         """Raw float64 scores [n] (NaN where the model gave NaN or inf), on the calling (worker) thread."""
@@ -116,43 +103,38 @@ class Model:
 def load(settings: ServeSettings) -> Model:
     """The export directory as a Model, with the server's token budget and the export's max_length."""
     from rerank_runtime import FlagAutoReranker
+    from rerank_runtime.front import backends_of
     from rerank_runtime.manifest import Manifest
+    from rerank_runtime.onnx_backend import OnnxBackend
 
     manifest = Manifest.read(settings.export_dir)
     devices = settings.devices.split(",") if settings.devices and "," in settings.devices else settings.devices
     reranker = FlagAutoReranker.from_finetuned(
         settings.export_dir, devices=devices, provider=settings.provider,
         max_batch_tokens=settings.max_batch_tokens, max_length=manifest.max_length,
-    )  # fmt: skip
-    placements = getattr(reranker.backend, "placements", ())  # what the runtime resolved (ONNX Runtime backends)
+        show_progress_bar=False,  # a server's stderr is its log: no progress bar, even on a terminal
+    )
+    backends = backends_of(reranker.front.backend)  # load_artifact's front is a GraphFront
+    placements = [b.placement for b in backends if isinstance(b, OnnxBackend)]  # what the runtime resolved
     info = {"family": manifest.family, "precision": manifest.precision,
             "provider": placements[0].provider if placements else settings.provider,
             "devices": [p.device for p in placements] or settings.devices, "exits": [list(e) for e in manifest.exits],
             "compress_ratio": manifest.compress_ratio, "compress_layers": list(manifest.compress_layers),
             "score": "raw logit from the graph; routes apply a float64 sigmoid unless raw scores are asked for",
-            "exported_with": dict(manifest.versions), "versions": _versions()}  # fmt: skip
+            "exported_with": dict(manifest.versions), "verification": dict(manifest.verification),
+            "engine": None if manifest.tensorrt is None else manifest.tensorrt.build_settings(),
+            "versions": _versions()}
     return Model(reranker, settings.model_name or manifest.model_name, info)
 
 
 def _versions() -> dict[str, str]:
-    from importlib import metadata
+    from rerank_runtime._deps import installed_versions
 
-    out = {"python": platform.python_version()}
-    for dist in ("bge-rerank-fast", "onnxruntime", "onnxruntime-gpu", "tokenizers", "numpy", "starlette", "uvicorn",
-                 "ray"):  # fmt: skip
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    return installed_versions(("bge-rerank-fast", "onnxruntime", "onnxruntime-gpu", "tokenizers", "numpy",
+                               "starlette", "uvicorn", "ray"), python=True)
 
 
 def _takes_cutoff(reranker: Any) -> bool:
     from rerank_runtime.kinds import get_kind
 
     return get_kind(reranker.spec.model_class).takes_cutoff
-
-
-def _concurrency(backend: Any) -> int:
-    value = getattr(backend, "concurrency", 1)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1

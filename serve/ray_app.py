@@ -28,7 +28,6 @@ import numpy as np
 from rerank_runtime._deps import require
 
 from .app import create_app
-from .metrics import Metrics
 from .model import GroupKey, Job, Model, load
 from .schemas import RankRequest, ServeError
 from .settings import ServeSettings
@@ -86,7 +85,7 @@ def _model(serve: Any) -> Any:
                 if self.pending_pairs + n > limit:
                     raise ServeError(429, "overloaded", f"this replica holds {self.pending_pairs} pairs; this "
                                      f"request's {n} would pass the limit of {limit} (--max-queue); retry later",
-                                     {"Retry-After": "1"})  # fmt: skip
+                                     {"Retry-After": "1"})
             except ServeError as exc:
                 return ("error", exc.status, exc.error_type, exc.message, exc.headers)
             self.pending_pairs += n
@@ -105,7 +104,7 @@ def _model(serve: Any) -> Any:
                 groups[job.key].append(i)
             loop = asyncio.get_running_loop()
             calls = [loop.run_in_executor(self.pool, self.model.score, key, [p for i in members for p in jobs[i].pairs])
-                     for key, members in groups.items()]  # fmt: skip
+                     for key, members in groups.items()]
             results: list[np.ndarray] = [np.empty(0)] * len(jobs)
             for members, scores in zip(groups.values(), await asyncio.gather(*calls)):
                 offset = 0
@@ -162,7 +161,7 @@ def build(settings: ServeSettings, options: RayOptions | None = None) -> Any:
     options = options or RayOptions()
     ingress, model = _deployments()
     replicas = model.options(num_replicas=options.replicas, ray_actor_options={
-        "num_cpus": options.cpus_per_replica, "num_gpus": options.gpus_per_replica})  # fmt: skip
+        "num_cpus": options.cpus_per_replica, "num_gpus": options.gpus_per_replica})
     return ingress.bind(settings.to_dict(), replicas.bind(settings.to_dict()))
 
 
@@ -182,7 +181,7 @@ def run_ray(settings: ServeSettings, host: str, port: int, options: RayOptions) 
     serve.run(build(settings, options), name=APP_NAME, route_prefix="/", blocking=False)
     gcs = ray.get_runtime_context().gcs_address
     print(f"rerank-serve: {options.replicas} replica(s) of {settings.export_dir} on http://{host}:{port} (Ray Serve, "
-          f"cluster {gcs})", flush=True)  # fmt: skip
+          f"cluster {gcs})", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())

@@ -42,7 +42,7 @@ class Scheduler:
     """score(job) -> raw float64 scores of job.pairs. Create and use it inside one running event loop."""
 
     def __init__(self, model: Model, max_batch_tokens: int, max_wait_ms: float, max_queue: int,
-                 metrics: Metrics, merge: bool = True) -> None:  # fmt: skip
+                 metrics: Metrics, merge: bool = True) -> None:
         self.model = model
         self.merge = merge
         self.budget = max_batch_tokens
@@ -67,11 +67,11 @@ class Scheduler:
             raise ServeError(500, "backend", self.broken)
         if self.closing:
             raise ServeError(503, "unhealthy", "the server is shutting down; retry on another instance",
-                             {"Retry-After": "1"})  # fmt: skip
+                             {"Retry-After": "1"})
         if self.pending_pairs + len(job.pairs) > self.max_queue:
             raise ServeError(429, "overloaded", f"the queue holds {self.pending_pairs} pairs; this request's "
                              f"{len(job.pairs)} would pass the limit of {self.max_queue} (--max-queue); retry later",
-                             {"Retry-After": "1"})  # fmt: skip
+                             {"Retry-After": "1"})
         entry = _Entry(job, asyncio.get_running_loop().create_future())
         self.groups.setdefault(job.key, deque()).append(entry)
         self.group_tokens[job.key] = self.group_tokens.get(job.key, 0) + job.total_tokens
@@ -146,7 +146,7 @@ class Scheduler:
         pairs = [pair for entry in batch for pair in entry.job.pairs]
         now = time.monotonic()
         self.metrics.observe_batch(len(pairs), sum(e.job.total_tokens for e in batch),
-                                   [now - e.job.enqueued for e in batch])  # fmt: skip
+                                   [now - e.job.enqueued for e in batch])
         try:
             scores = await loop.run_in_executor(self.pool, self.model.score, key, pairs)
         except Exception as exc:  # the whole call failed: every request in it gets the reason
@@ -211,7 +211,7 @@ class LocalEngine:
         model = await asyncio.to_thread(load)
         await asyncio.to_thread(model.warm_up)
         return cls(model, Scheduler(model, settings.max_batch_tokens, settings.max_batch_wait_ms, settings.max_queue,
-                                    metrics, merge=settings.cross_request_batching))  # fmt: skip
+                                    metrics, merge=settings.cross_request_batching))
 
     async def rank(self, request: RankRequest) -> tuple[np.ndarray, int]:
         job = await asyncio.to_thread(self.model.prepare, request)  # tokenises

@@ -1,4 +1,4 @@
-"""Sorting, batch cutting, token budgets, padding and chunking (reference 1.6, 2.3, 3.5)."""
+"""Sorting, batch cutting, token budgets, padding and chunking (docs/flagembedding-behaviour.md, Sorting and batches)."""
 
 from __future__ import annotations
 

@@ -38,9 +38,9 @@ def _records(serve_rate: float, nobatch_rate: float, lost: int = 0) -> list[dict
     env = {"run": "r", "type": "environment", "cpu": "Test CPU", "physical_cores": 2, "commit": "abc", "dirty": False,
            "versions": {}, "load_average": [0.5, 0.5, 0.5], "time_utc": "2026-01-01T00:00:00",
            "settings": {"model": "mid-xlm-roberta", "requests_per_client": 2, "max_batch_tokens": 16384,
-                        "max_batch_wait_ms": 2.0}}  # fmt: skip
+                        "max_batch_wait_ms": 2.0}}
     load = {"run": "r", "type": "load", "clients": 32, "docs": 1, "requests": 64, "latency_s": {"p50": 0.1,
-            "p95": 0.2, "p99": 0.3}, "mismatched": 0}  # fmt: skip
+            "p95": 0.2, "p99": 0.3}, "mismatched": 0}
     return [env, {"run": "r", "type": "offline", "clients": 32, "docs": 1, "pairs_per_s": 100.0},
             {**load, "server": "rerank-serve", "pairs_per_s": serve_rate, "lost": lost},
             {**load, "server": "rerank-serve (no cross-request batching)", "pairs_per_s": nobatch_rate, "lost": 0}]
@@ -66,7 +66,7 @@ def test_a_tiny_run_end_to_end(tmp_path):
     loads = [r for r in records if r["type"] == "load"]
     assert {(r["server"], r["clients"], r["docs"]) for r in loads} == {
         ("rerank-serve", 1, 1), ("rerank-serve", 3, 1), ("rerank-serve", 1, 2), ("rerank-serve", 3, 2),
-        ("rerank-serve (no cross-request batching)", 3, 1)}  # fmt: skip
+        ("rerank-serve (no cross-request batching)", 3, 1)}
     assert all(r["lost"] == r["mismatched"] == 0 and r["ok"] == r["requests"] for r in loads)
     assert [r["exit_code"] for r in records if r["type"] == "server-stopped"] == [0, 0]  # SIGTERM drains, exits 0
     assert len([r for r in records if r["type"] == "offline"]) == 4

@@ -1,11 +1,13 @@
-"""The host-side compression plan against a transcription of FlagEmbedding's token_compress (reference 5.5)."""
+"""The host-side compression plan against a transcription of FlagEmbedding's token_compress (docs/flagembedding-behaviour.md, Token
+compression)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from rerank_runtime.compression import apply_plan, build_plan, plan_mask, real_lengths, stage_plan
+from compression_twin import apply_plan, plan_mask
+from rerank_runtime.compression import build_plan, real_lengths, stage_plan
 from rerank_runtime.errors import UnsupportedRequestError
 
 

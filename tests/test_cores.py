@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 from rerank_runtime import cores
-from rerank_runtime.onnx_backend import OnnxBackend
+from rerank_runtime.onnx_backend import default_options
 from rerank_runtime.providers import Placement
 
 
@@ -48,7 +48,6 @@ def test_this_machine_has_at_least_one_core_and_no_more_than_cpus() -> None:
 
 def test_cpu_sessions_default_to_physical_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cores, "physical_cores", lambda: 5)
-    backend = OnnxBackend.__new__(OnnxBackend)
-    backend.placements = (Placement("cpu", "cpu", 0, (("CPUExecutionProvider", {}),)),) * 2
-    options = backend._default_options(ort, backend.placements[0])
-    assert options.intra_op_num_threads == 2
+    placement = Placement("cpu", "cpu", 0, (("CPUExecutionProvider", {}),))
+    assert default_options(ort, placement).intra_op_num_threads == 5
+    assert default_options(ort, placement, share=2).intra_op_num_threads == 2  # two sessions side by side

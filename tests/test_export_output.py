@@ -111,7 +111,7 @@ def test_overwrite_replaces_an_export_and_leaves_nothing_beside_it(checkpoint, t
     out = fake_export(tmp_path / "out")
     assert cli.main(["--model", str(checkpoint("gemma")), "--output", str(out), "--overwrite", *NO_VERIFY]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["model_name"] == checkpoint("gemma").name and manifest["schema_version"] == 2
+    assert manifest["model_name"] == checkpoint("gemma").name and manifest["schema_version"] == 3
     assert (out / "model.onnx").read_bytes() != b"old graph" and not (out / MARKER).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 

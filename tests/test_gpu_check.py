@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +55,22 @@ def cpu_stand_in(name: str, checkpoint: str, export: Path | None, precision: str
     from rerank_runtime.rerankers import FlagAutoReranker
 
     loaded = load_reference(checkpoint, model_class=None, devices="cpu")
-    run = loaded.backend.run
-    loaded.backend.run = lambda request, feeds: [s + np.float32(shift) for s in run(request, feeds)]
-    return Built(FlagAutoReranker.from_loaded(loaded, **settings), loaded.backend, None, {"stand_in": True})
+    front = Shifted(loaded.front, shift)
+    return Built(FlagAutoReranker.from_loaded(replace(loaded, front=front), **settings), front, None,
+                 {"stand_in": True})
+
+
+class Shifted:
+    """A front whose scores are another front's plus `shift`."""
+
+    def __init__(self, front: Any, shift: float) -> None:
+        self.front, self.shift, self.concurrency = front, np.float32(shift), front.concurrency
+
+    def check(self, request: Any) -> None:
+        self.front.check(request)
+
+    def run(self, request: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [s + self.shift for s in self.front.run(request, feeds)]
 
 
 @pytest.fixture
@@ -106,10 +120,12 @@ def test_compare_checks_tolerance_ranking_top10_and_finiteness() -> None:
 class _Engine:
     """A stand-in backend: scores = row sums of input_ids; `stale` replays return the captured batch's scores."""
 
+    concurrency = 1
+
     def __init__(self, stale: bool = False) -> None:
         self.stale, self.shapes, self.first = stale, [], None
 
-    def run(self, request: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run(self, names: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         out = feeds["input_ids"].sum(axis=1).astype(np.float32)
         if not self.shapes:
             self.shapes, self.first = [feeds["input_ids"].shape], out
@@ -121,8 +137,8 @@ class _Engine:
 
 def test_graph_replay_proof_catches_a_graph_that_ignores_new_inputs() -> None:
     a, b = {"input_ids": np.ones((2, 4), np.int64)}, {"input_ids": np.full((2, 4), 3, np.int64)}
-    assert graph_replay_proof(_Engine(), _Engine(), None, a, b)["passed"]
-    stale = graph_replay_proof(_Engine(stale=True), _Engine(), None, a, b)
+    assert graph_replay_proof(_Engine(), _Engine(), ["score"], a, b)["passed"]
+    stale = graph_replay_proof(_Engine(stale=True), _Engine(), ["score"], a, b)
     assert not stale["passed"] and "returned A's scores" in " ".join(stale["problems"])
 
 

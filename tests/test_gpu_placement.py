@@ -17,7 +17,7 @@ from rerank_runtime.manifest import Manifest
 from rerank_runtime.onnx_backend import OnnxBackend
 from rerank_runtime.placement import CPU, CUDA, TENSORRT, check_placement, placement_from_events, profiled_placement
 from rerank_runtime.providers import Placement
-from test_onnx_backend import build_artifact
+from tiny_export import tiny_export
 
 
 def node(name: str, provider: str, op: str, *outputs: str) -> dict[str, Any]:
@@ -55,7 +55,7 @@ def test_tensorrt_must_take_the_graph_as_one_subgraph() -> None:
 
 def test_profiled_placement_reads_a_real_profile_and_restores_the_options(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    build_artifact(tmp_path)
+    tiny_export(tmp_path)
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the profile goes
@@ -81,13 +81,13 @@ def test_a_gpu_session_with_data_on_the_cpu_is_refused_at_load(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The load-time path of a CUDA placement, with the CPU provider standing in for CUDA (no GPU here): the probe
     batch runs profiled, every node lands on the CPU, and the session is refused with the nodes named."""
-    build_artifact(tmp_path)
+    tiny_export(tmp_path)
     manifest = Manifest.read(tmp_path)
     run_bound = onnx_backend.run_bound
     monkeypatch.setattr(onnx_backend, "run_bound", lambda s, i, o, device, d: run_bound(s, i, o, "cpu", 0))
     stand_in = Placement("cuda", "cuda:0", 0, (("CPUExecutionProvider", {}),))
     with pytest.raises(ProviderUnavailableError, match=r"session for .*model\.onnx on cuda:0 on provider 'cuda': "
                                                        r"\d+ node\(s\) computing data ran on the CPU \(.*Gather"):
-        OnnxBackend(tmp_path, manifest, [stand_in])
-    backend = OnnxBackend(tmp_path, manifest, [Placement("cpu", "cpu", 0, (("CPUExecutionProvider", {}),))])
-    assert backend.node_placements == [None]  # nothing to check on the CPU
+        OnnxBackend(tmp_path, manifest, stand_in)
+    backend = OnnxBackend(tmp_path, manifest, Placement("cpu", "cpu", 0, (("CPUExecutionProvider", {}),)))
+    assert backend.node_placement is None  # nothing to check on the CPU

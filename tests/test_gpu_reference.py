@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 
 from rerank_export.checkpoint import resolve_model
-from rerank_export.reference import FlagAutoReranker, load_reference
-from rerank_export.testing.factory import BUILTIN
+from rerank_export.reference import FlagAutoReranker, ReferenceFront, load_reference
+from rerank_export.testing.factory import BUILTIN, builtin_name
 from rerank_export.testing.pairs import parity_pairs
-from rerank_runtime.artifact import RoundRobin
-from rerank_runtime.errors import ProviderUnavailableError, UnsupportedRequestError
+from rerank_runtime.errors import ProviderUnavailableError
 from rerank_runtime.tolerances import tolerance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -29,8 +28,8 @@ cuda_only = pytest.mark.skipif(not HAS_CUDA, reason=f"torch {torch.__version__} 
 def model(family: str) -> str:
     """The trained tiny checkpoint where the factory has one (scores spread like a real model's), else the random
     one."""
-    name = f"tiny-{family.replace('_', '-')}"
-    return f"{name}-trained" if f"{name}-trained" in BUILTIN else name
+    trained = builtin_name(family, "tiny", trained=True)
+    return trained if trained in BUILTIN else builtin_name(family, "tiny")
 
 
 def scores(family: str, **load: object) -> np.ndarray:
@@ -41,13 +40,13 @@ def scores(family: str, **load: object) -> np.ndarray:
 
 def test_several_cpu_devices_take_batches_in_turn() -> None:
     loaded = load_reference(model("xlm_roberta"), model_class=None, devices=["cpu", "cpu"])
-    assert isinstance(loaded.backend, RoundRobin) and loaded.backend.concurrency == 2
+    assert isinstance(loaded.front, ReferenceFront) and loaded.front.concurrency == 2  # one model copy per device
     np.testing.assert_array_equal(scores("xlm_roberta", devices=["cpu", "cpu"]), scores("xlm_roberta"))
 
 
 def test_use_fp16_is_switched_off_on_the_cpu_as_flagembedding_does() -> None:
-    assert load_reference(model("gemma"), model_class=None, devices="cpu", use_fp16=True).backend.dtype == "fp32"
-    assert load_reference(model("gemma"), model_class=None, devices="cpu", use_bf16=True).backend.dtype == "bf16"
+    assert load_reference(model("gemma"), model_class=None, devices="cpu", use_fp16=True).front.dtype == "fp32"
+    assert load_reference(model("gemma"), model_class=None, devices="cpu", use_bf16=True).front.dtype == "bf16"
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA")
@@ -59,7 +58,7 @@ def test_cuda_devices_without_cuda_say_what_torch_sees() -> None:
 @pytest.mark.parametrize(("devices", "provider", "error", "match"), [
     ("mps", None, ProviderUnavailableError, "'mps' is not supported"),
     (["cpu", "cuda:0"], None, ProviderUnavailableError, "mix the CPU and CUDA devices"),
-    ("cpu", "tensorrt", UnsupportedRequestError, "provider 'tensorrt' is not available"),
+    ("cpu", "tensorrt", ProviderUnavailableError, "provider 'tensorrt' is not available"),
 ])
 def test_device_refusals(devices: object, provider: str | None, error: type, match: str) -> None:
     with pytest.raises(error, match=match):

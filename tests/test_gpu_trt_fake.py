@@ -6,7 +6,6 @@ careful read found (one logger, IRuntimeConfig lifetime, refused addresses and p
 from __future__ import annotations
 
 import gc
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,12 +18,13 @@ from fake_tensorrt import Knobs, expected_scores, make_tensorrt
 from gpu_env import CudaEnv, cuda_env  # noqa: F401 (the fixture)
 from rerank_export import tensorrt_build as tb
 from rerank_runtime.errors import ArtifactError, EngineError
+from rerank_runtime.manifest import Manifest
 from rerank_runtime.spec import ENCODER, LAYERWISE, LIGHTWEIGHT, GraphRequest
 from rerank_runtime.trt_backend import TensorRTBackend, select_profile
-from trt_fixtures import save_export, tiny_feeds, tiny_onnx
+from tiny_export import tiny_export, tiny_feeds
 
 OPTIONS = tb.EngineOptions(max_batch_size=8, length_buckets=(32, 64))  # profiles 1..32, 33..64, 65..300
-Build = Callable[..., tuple[Path, dict[str, Any], Any]]
+Build = Callable[..., tuple[Path, Manifest, Any]]
 
 
 @pytest.fixture
@@ -32,31 +32,31 @@ def build(cuda_env: CudaEnv, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     """build(kind, version=..., knobs=..., options=...) -> (export dir, manifest with its engine, fake module)."""
 
     def make(kind: str = ENCODER, version: str = "10.16.1.11", knobs: Knobs | None = None,
-             options: tb.EngineOptions = OPTIONS, precision: str = "fp32") -> tuple[Path, dict[str, Any], Any]:
+             options: tb.EngineOptions = OPTIONS, precision: str = "fp32") -> tuple[Path, Manifest, Any]:
         if cuda_env.real and kind == LIGHTWEIGHT:
             pytest.skip("the CuPy kernel takes the two token inputs only")
         trt = make_tensorrt(version, cuda_env.trt_kernel(), cuda_env.alloc, knobs)
         monkeypatch.setitem(sys.modules, "tensorrt", trt)
-        model, manifest = tiny_onnx(kind, precision, np.random.default_rng(0))
-        export = save_export(tmp_path / f"{kind}-{version}-{precision}", model, manifest)
+        export = tmp_path / f"{kind}-{version}-{precision}"
+        tiny_export(export, model_class=kind, compress_layers=(2,) if kind == LIGHTWEIGHT else (), precision=precision,
+                    external=True, max_length=284, max_sequence_length=300)
         tb.build_engine(export, options, progress=lambda line: None)
-        return export, json.loads((export / "manifest.json").read_text()), trt
+        return export, Manifest.read(export), trt
 
     return make
 
 
-def request_of(manifest: dict[str, Any]) -> GraphRequest:
-    return GraphRequest(tuple(map(tuple, manifest["exits"])), manifest["compress_ratio"],
-                        tuple(manifest["compress_layers"]))
+def request_of(manifest: Manifest) -> GraphRequest:
+    return GraphRequest(manifest.exits, manifest.compress_ratio, manifest.compress_layers)
 
 
-def check_scores(backend: TensorRTBackend, manifest: dict[str, Any], feeds: dict[str, np.ndarray]) -> None:
+def check_scores(backend: TensorRTBackend, manifest: Manifest, feeds: dict[str, np.ndarray]) -> None:
     request = request_of(manifest)
     batch, length = feeds["input_ids"].shape
     profile = select_profile(backend.profiles, batch, length, backend.export_dir).index
-    outputs = [o["name"] for o in manifest["graph"]["outputs"]]
+    outputs = [t.name for t in manifest.graph.outputs]
     want = expected_scores(feeds, len(outputs), profile)
-    for name, got in zip(request.output_names, backend.run(request, feeds)):
+    for name, got in zip(request.output_names, backend.run(request.output_names, feeds)):  # complete feeds
         assert got.dtype == np.float32 and got.shape == (batch,)
         np.testing.assert_array_equal(got, want[outputs.index(name)], err_msg=f"{name} at {batch}x{length}")
 
@@ -86,9 +86,9 @@ def test_graph_replays_new_data_and_matches_plain_runs(build: Build, cuda_env: C
         check_scores(graphs, manifest, a)  # captured here (its warm-up run gives A's scores)
         assert graphs.captured_shapes() == [(1, (3, 40), (3, 40))]
         freed = len(cuda_env.freed)
-        replayed = graphs.run(request, b)  # same shape: a replay of A's graph on B's data
+        replayed = graphs.run(request.output_names, b)  # same shape: a replay of A's graph on B's data
         assert len(cuda_env.freed) == freed and len(graphs.captured_shapes()) == 1  # nothing re-captured
-        for got, want in zip(replayed, plain.run(request, b)):
+        for got, want in zip(replayed, plain.run(request.output_names, b)):
             np.testing.assert_array_equal(got, want)
         check_scores(graphs, manifest, b)
 
@@ -146,14 +146,14 @@ def test_refused_tensor_address_is_an_engine_error(build: Build) -> None:
     export, manifest, _ = build(knobs=Knobs(reject_address=True))
     with TensorRTBackend(export, manifest) as backend, pytest.raises(
             EngineError, match=r"rejected the device address of input_ids .*setTensorAddress"):
-        backend.run(request_of(manifest), tiny_feeds(manifest, 1, 8, np.random.default_rng(8)))
+        backend.run(request_of(manifest).output_names, tiny_feeds(manifest, 1, 8, np.random.default_rng(8)))
 
 
 def test_profile_selection_errors_are_engine_errors(build: Build) -> None:
     export, manifest, _ = build(knobs=Knobs(profile_error=True))
     with TensorRTBackend(export, manifest) as backend, pytest.raises(
             EngineError, match=r"refused optimisation profile 0 .*setOptimizationProfileAsync"):
-        backend.run(request_of(manifest), tiny_feeds(manifest, 1, 8, np.random.default_rng(9)))
+        backend.run(request_of(manifest).output_names, tiny_feeds(manifest, 1, 8, np.random.default_rng(9)))
 
 
 def test_failed_capture_is_reported_and_leaves_the_stream_usable(build: Build, cuda_env: CudaEnv) -> None:
@@ -162,7 +162,7 @@ def test_failed_capture_is_reported_and_leaves_the_stream_usable(build: Build, c
     with TensorRTBackend(export, manifest, use_cuda_graphs=True, cuda_graph_max_batch=2) as backend:
         with pytest.raises(EngineError, match=r"cannot be captured into a CUDA graph .*returned False while "
                                               r"capturing.*use_cuda_graphs=False"):
-            backend.run(request_of(manifest), tiny_feeds(manifest, 2, 20, rng))
+            backend.run(request_of(manifest).output_names, tiny_feeds(manifest, 2, 20, rng))
         assert not cuda_env.capturing(backend.stream_handle) and backend.captured_shapes() == []
         check_scores(backend, manifest, tiny_feeds(manifest, 4, 20, rng))  # plain path, same stream
 
@@ -177,8 +177,8 @@ def test_strongly_typed_by_default_on_10_as_on_11(build: Build) -> None:
         _, manifest, trt = build(version=version, precision="fp16")
         plan = trt.state.plans[-1]
         assert plan["strongly_typed"] and plan["pinned"] == 0 and "FP16" not in plan["flags"], plan
-        assert manifest["tensorrt"]["strongly_typed"] is True
-        assert manifest["tensorrt"]["precision_handling"].startswith("strongly typed")
+        assert manifest.tensorrt is not None and manifest.tensorrt.strongly_typed is True
+        assert manifest.tensorrt.precision_handling.startswith("strongly typed")
         assert "TF32" not in plan["flags"]
 
 
@@ -187,7 +187,7 @@ def test_weak_typing_is_an_opt_in_on_10_only(build: Build) -> None:
     _, manifest, trt = build(version="10.16.1.11", precision="fp16", options=weak)
     plan = trt.state.plans[-1]
     assert not plan["strongly_typed"] and {"FP16", "OBEY_PRECISION_CONSTRAINTS"} <= set(plan["flags"])
-    assert plan["pinned"] > 0 and manifest["tensorrt"]["strongly_typed"] is False
+    assert plan["pinned"] > 0 and manifest.tensorrt is not None and manifest.tensorrt.strongly_typed is False
     with pytest.raises(EngineError, match=r"strongly_typed=False \(weak typing\) needs TensorRT 10.*11\.4"):
         build(version="11.4.0.106", precision="fp16", options=weak)
 
@@ -198,5 +198,6 @@ def test_a_failed_build_says_what_tensorrt_logged(build: Build) -> None:
 
 
 def test_a_directory_without_manifest_points_at_the_real_export_command(tmp_path: Path) -> None:
-    with pytest.raises(ArtifactError, match=r"create one first with rerank-export --model <checkpoint> --output "):
+    with pytest.raises(ArtifactError, match=rf"not an export directory; rerank-export writes one: `rerank-export --model "
+                                            rf"<checkpoint> --output {tmp_path}`"):
         tb.build_engine(tmp_path, OPTIONS, progress=lambda line: None)

@@ -12,7 +12,6 @@ import shutil
 import sys
 import types
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +21,8 @@ from rerank_runtime import providers
 from rerank_runtime.artifact import load_artifact
 from rerank_runtime.errors import ArtifactError, ManifestMismatchError
 from rerank_runtime.integrity import record_file
+from rerank_runtime.manifest import Manifest
+from rerank_runtime.trt_engine import EngineRecord, Profile
 
 PAIRS = [["what is panda?", "The giant panda is a bear species endemic to China."], ["hi", "hello"]]
 
@@ -113,15 +114,17 @@ def test_the_native_engine_is_checked_before_the_tensorrt_backend_is_built(expor
     export = copy_export(exported("xlm_roberta"), tmp_path / "export")
     engine = export / "model.engine"
     engine.write_bytes(b"serialized engine")
-    section: dict[str, Any] = {"engine_file": "model.engine", "engine_bytes": engine.stat().st_size,
-                               "engine_sha256": record_file(engine).sha256}
-    data = json.loads((export / "manifest.json").read_text())
-    data["tensorrt"] = section
-    (export / "manifest.json").write_text(json.dumps(data))
+    manifest = Manifest.read(export)
+    shapes = {t.name: ((1, 1), (8, 64), (8, 64)) for t in manifest.graph.inputs}
+    record = EngineRecord("10.13.2", "L4", "8.9", (Profile(0, 1, 64, 8, shapes),), engine.stat().st_size,
+                          record_file(engine).sha256, "strongly typed", True, False, 3)
+    manifest.with_engine(record).write(export)
     built: list[int] = []
 
     class Engine:
-        def __init__(self, export_dir: Path, manifest: dict[str, Any], device_id: int):
+        concurrency = 1
+
+        def __init__(self, export_dir: Path, manifest: Manifest, device_id: int):
             built.append(device_id)
 
     module = types.ModuleType("rerank_runtime.trt_backend")

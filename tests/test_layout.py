@@ -1,4 +1,5 @@
-"""Token layouts for every kind on hand-computed cases (reference 2.3, 3.4, 4.2, 5.3).
+"""Token layouts for every kind on hand-computed cases (docs/flagembedding-behaviour.md: Encoder and Decoder token
+layout).
 
 The tokenizer is character-level, so every expected id list below is spelled out from the texts.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from char_tokenizer import NL, VOCAB, char_tokenizer, t
+from char_tokenizer import NL, char_tokenizer, t
 
 from rerank_runtime.errors import ArtifactError
 from rerank_runtime.kinds import KINDS, LIGHTWEIGHT_PROMPT
@@ -32,7 +33,7 @@ def dec_spec(kind: str, bos: int | None = BOS, pad: int = PAD) -> ModelSpec:
 
 
 def encode(spec: ModelSpec, pairs: list[tuple[str, str]], max_length: int, qml: int | None = None,
-           prompt: str | None = None, instructions: Instructions | None = None) -> EncodedChunk:  # fmt: skip
+           prompt: str | None = None, instructions: Instructions | None = None) -> EncodedChunk:
     kind = KINDS[spec.model_class]
     if instructions is None:
         instructions = Instructions(kind.query_instruction, "{}{}", kind.passage_instruction, "{}{}")

@@ -9,33 +9,18 @@ the first call.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
-import numpy as np
 import pytest
 
 from rerank_export.reference import FlagReranker as ReferenceEncoder
 from rerank_runtime import (FlagLLMReranker, FlagReranker, LayerWiseFlagLLMReranker, LightWeightFlagLLMReranker,
                             UnsupportedRequestError)
 from rerank_runtime.artifact import load_artifact
+from rerank_runtime.front import FeedRecorder
 from rerank_runtime.errors import InvalidTextError, LengthLimitError
 
 PAIRS = [["what is panda?", "The giant panda is a bear species endemic to China."], ["hi", "hello"]]
-
-
-class CountingBackend:
-    """Wraps a backend and counts the batches it runs."""
-
-    def __init__(self, backend: Any) -> None:
-        self.backend, self.runs = backend, 0
-        self.concurrency = 1
-
-    def check(self, request: Any) -> None:
-        self.backend.check(request)
-
-    def run(self, request: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        self.runs += 1
-        return self.backend.run(request, feeds)
 
 
 def test_an_encoder_max_length_beyond_the_positions_is_refused_in_the_constructor(exported):
@@ -48,16 +33,15 @@ def test_an_encoder_max_length_beyond_the_positions_is_refused_in_the_constructo
 
 def test_a_call_beyond_the_limits_is_refused_before_anything_runs(exported):
     loaded = load_artifact(exported("gemma"))
-    counting = CountingBackend(loaded.backend)
-    loaded.backend = counting
-    reranker = FlagLLMReranker.from_loaded(loaded)
+    recorder = FeedRecorder(loaded.front)
+    reranker = FlagLLMReranker.from_loaded(replace(loaded, front=recorder))
     with pytest.raises(LengthLimitError, match=r"max_length=6000 .*this export was sized and verified for max_length "
                                                r"512 .*position table serves 8192 tokens"):
         reranker.compute_score(PAIRS, max_length=6000)
     with pytest.raises(LengthLimitError, match=r"query_max_length=600 "):
         reranker.compute_score(PAIRS, query_max_length=600)
-    assert counting.runs == 0
-    assert len(reranker.compute_score(PAIRS, max_length=512)) == 2
+    assert recorder.calls == []
+    assert len(reranker.compute_score(PAIRS, max_length=512)) == 2 and len(recorder.calls) == 1
 
 
 def test_a_row_beyond_the_positions_names_the_pair(checkpoint):
@@ -77,14 +61,13 @@ def test_the_reference_is_bounded_by_the_positions(checkpoint):
 
 def test_a_lone_surrogate_is_refused_with_its_pair_index_before_any_chunk_is_scored(exported):
     loaded = load_artifact(exported("xlm_roberta"))
-    counting = CountingBackend(loaded.backend)
-    loaded.backend = counting
-    reranker = FlagReranker.from_loaded(loaded, chunk_size=2, batch_size=2)
+    recorder = FeedRecorder(loaded.front)
+    reranker = FlagReranker.from_loaded(replace(loaded, front=recorder), chunk_size=2, batch_size=2)
     pairs = PAIRS * 3 + [["fine", "broken \ud800 text"]]
     with pytest.raises(InvalidTextError, match=r"sentence_pairs\[6\]\[1\] \(the passage\) holds a lone surrogate "
                                                r"'\\ud800' at character 7") as err:
         reranker.compute_score(pairs)
-    assert err.value.index == 6 and counting.runs == 0
+    assert err.value.index == 6 and recorder.calls == []
     with pytest.raises(InvalidTextError, match=r"sentence_pairs\[0\] \(the query\)"):
         reranker.compute_score(["\udfff", "x"])
 

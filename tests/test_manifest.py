@@ -9,18 +9,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from char_tokenizer import VOCAB, char_tokenizer
-from onnx import TensorProto, helper
 
 from rerank_runtime.errors import ArtifactError, ManifestMismatchError
 from rerank_runtime.integrity import FileRecord, TokenLayout, sha256_file
 from rerank_runtime.kinds import DEFAULT_PROMPT
-from rerank_runtime.manifest import GraphInfo, Manifest, TensorSpec, tensors_from_session
+from rerank_runtime.manifest import GraphInfo, Manifest, TensorSpec
 from rerank_runtime.spec import ENCODER, LAYERWISE, LIGHTWEIGHT, ModelSpec
+from tiny_export import tiny_export
 
 # The char tokenizer's facts, as an export of it records them.
 LAYOUT = TokenLayout(vocab_size=len(VOCAB), pad_token="<pad>", bos_token="<s>", separator_ids=(VOCAB["\n"],),
@@ -31,14 +29,14 @@ def layerwise() -> Manifest:
     spec = ModelSpec(model_class=LAYERWISE, pad_token_id=1, bos_token_id=0, yes_token_id=VOCAB["Y"], num_layers=4,
                      start_layer=1)
     graph = GraphInfo(
-        file="model.onnx", opset=17, external_data=("model.onnx.data",),
+        file="model.onnx", external_data=("model.onnx.data",),
         inputs=(TensorSpec("input_ids", "int64", ("batch", "sequence")),
                 TensorSpec("attention_mask", "int64", ("batch", "sequence"))),
         outputs=(TensorSpec("score_l2_h0", "float32", ("batch",)), TensorSpec("score_l3_h1", "float32", ("batch",))),
     )
     return Manifest(model_name="tiny-layerwise", source="/models/tiny", family="minicpm_layerwise", spec=spec,
                     precision="fp16", graph=graph, max_length=32, max_sequence_length=48, exits=((2, 0), (3, 1)),
-                    defaults={"cutoff_layers": [2, 3]}, token_layout=LAYOUT, tensorrt={"max_batch_size": 8},
+                    defaults={"cutoff_layers": [2, 3]}, token_layout=LAYOUT,
                     versions={"torch": "2.13.0"}, verification={"max_abs": 1e-6},
                     files={"model.onnx": FileRecord(10, "a" * 64), "model.onnx.data": FileRecord(0, "b" * 64),
                            "tokenizer.json": FileRecord(30, "c" * 64)})
@@ -61,7 +59,7 @@ def test_round_trip_and_file_format(tmp_path: Path) -> None:
     assert text == json.dumps(json.loads(text), sort_keys=True, indent=2) + "\n"
     written = Manifest.read(tmp_path)
     assert written == m.sealed(tmp_path) and written.token_layout == LAYOUT
-    assert json.loads(text)["exits"] == [[2, 0], [3, 1]] and json.loads(text)["schema_version"] == 2
+    assert json.loads(text)["exits"] == [[2, 0], [3, 1]] and json.loads(text)["schema_version"] == 3
 
 
 def test_write_records_size_and_sha256_of_every_artifact_file(tmp_path: Path) -> None:
@@ -75,12 +73,11 @@ def test_write_records_size_and_sha256_of_every_artifact_file(tmp_path: Path) ->
     assert files["model.onnx"] == {"bytes": 11, "sha256": hashlib.sha256(b"graph bytes").hexdigest()}
 
 
-def test_exit_names_and_heads() -> None:
+def test_exit_names() -> None:
     m = layerwise()
     assert m.exit_names() == ("score_l2_h0", "score_l3_h1")
-    assert m.describe_heads() == "layer 2 (head 0), layer 3 (head 1)"
     encoder = Manifest.from_dict(_encoder_dict())
-    assert encoder.exit_names() == ("score",) and "one score output" in encoder.describe_heads()
+    assert encoder.exit_names() == ("score",)
 
 
 def _encoder_dict() -> dict[str, Any]:
@@ -117,9 +114,10 @@ def _drop_in(parent: str, key: str) -> Callable[[dict[str, Any]], None]:
 CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("unknown top-level key", _set("cutoff_layer", [2]), r"unknown field\(s\) \['cutoff_layer'\]"),
     ("missing key", _drop("max_length"), "'max_length' is missing"),
-    ("schema version", _set("schema_version", 3), "schema_version 3 is not supported"),
+    ("schema version", _set("schema_version", 4), "schema_version 4 is not supported"),
     ("schema version 1", _set("schema_version", 1),
      r"schema_version 1 was written by an older rerank-export.*re-export it with this version"),
+    ("schema version 2", _set("schema_version", 2), r"schema_version 2 .*schema 3 the typed TensorRT engine record"),
     ("format", _set("format", "engine"), "'format' must be one of"),
     ("precision", _set("precision", "fp8"), "'precision' must be one of"),
     ("spec unknown field", _set("spec.head_type", "simple"), "'spec' is invalid"),
@@ -128,24 +126,29 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("graph file with a path", _set("graph.file", "../model.onnx"), "'graph.file' must be a file name"),
     ("external data", _set("graph.external_data", "model.onnx.data"), "'graph.external_data' must be"),
     ("external data path", _set("graph.external_data", ["a/b.data"]), "'graph.external_data' must be"),
-    ("opset", _set("graph.opset", 0), "'graph.opset' must be an integer >= 1"),
+    ("graph opset (schema 2)", _set("graph.opset", 17), r"unknown field\(s\) \['opset'\] in 'graph.'"),
     ("no inputs", _set("graph.inputs", []), "'graph.inputs' must be a non-empty list"),
     ("dtype", _set("graph.inputs.0.dtype", "float8"), r"'graph.inputs\[0\].dtype' must be one of"),
     ("shape", _set("graph.outputs.1.shape", [-1]), r"'graph.outputs\[1\].shape' must be"),
     ("input name", _set("graph.inputs.1.name", ""), r"'graph.inputs\[1\].name' must be a non-empty string"),
     ("duplicate input", _set("graph.inputs.1.name", "input_ids"), "'graph.inputs' has duplicate names"),
+    ("input the host cannot feed", _set("graph.inputs.1.name", "token_type_ids"),
+     r"'graph.inputs' must be \['attention_mask', 'input_ids'\] for compress_ratio=1"),
+    ("token input rank", _set("graph.inputs.0.shape", ["batch"]), r"gives input_ids the shape \['batch'\]"),
     ("exits shape", _set("exits", [[2, 0, 1]]), "'exits' must be a list of"),
     ("exits bool", _set("exits", [[True, 0]]), "'exits' must be a list of"),
     ("exit without output", _set("exits", [[2, 0], [4, 1]]), r"outputs \['score_l4_h1'\]"),
     ("duplicate exits", _set("exits", [[2, 0], [2, 0]]), "'exits' has duplicates"),
     ("layerwise without exits", _set("exits", []), "must list \\[layer, head\\] pairs"),
-    ("compression on layerwise", _set("compress_ratio", 2), "only for 'decoder-only-lightweight'"),
+    ("compression on layerwise", _set("compress_ratio", 2),
+     r"only for \['decoder-only-lightweight'\], not 'decoder-only-layerwise'"),
     ("ratio as string", _set("compress_ratio", "2"), "'compress_ratio' must be an integer >= 1"),
     ("ratio as bool", _set("compress_ratio", True), "'compress_ratio' must be an integer"),
     ("compress layers", _set("compress_layers", [0]), "'compress_layers' must be a list of integers >= 1"),
     ("max sequence", _set("max_sequence_length", 16), "'max_sequence_length' \\(16\\) is below"),
     ("tokenizer path", _set("tokenizer", "/etc/tokenizer.json"), "'tokenizer' must be a file name"),
-    ("score", _set("score", ""), "'score' must be a non-empty string"),
+    ("score (schema 2)", _set("score", "raw logit"), r"unknown field\(s\) \['score'\]"),
+    ("spec model_max_length (schema 2)", _set("spec.model_max_length", 512), "'spec' is invalid"),
     ("tensorrt", _set("tensorrt", [1]), "'tensorrt' must be a JSON object"),
     ("versions", _set("versions", {"torch": 2}), "'versions' must be an object mapping"),
     ("defaults", _set("defaults", None), "'defaults' must be a JSON object"),
@@ -205,11 +208,19 @@ def test_kind_specific_rules() -> None:
         Manifest.from_dict({**encoder, "graph": layerwise().to_dict()["graph"]})
     light = layerwise().to_dict()
     light["spec"]["model_class"] = LIGHTWEIGHT
+    with pytest.raises(ArtifactError, match=r"'graph.inputs' must be \[.*'compress_index_0', 'compress_index_1', "
+                                            r"'compress_weight_0', 'compress_weight_1', 'input_ids'\]"):
+        Manifest.from_dict({**light, "compress_ratio": 2, "compress_layers": [1, 3]})
+    light["graph"]["inputs"] += [{"name": f"compress_{role}_{k}", "dtype": dtype, "shape": ["batch", f"s{k}", 2]}
+                                 for k in range(2) for role, dtype in (("index", "int64"), ("weight", "float32"))]
     assert Manifest.from_dict({**light, "compress_ratio": 2, "compress_layers": [1, 3]}).compress_layers == (1, 3)
     with pytest.raises(ArtifactError, match="ascending"):
         Manifest.from_dict({**light, "compress_ratio": 2, "compress_layers": [3, 1]})
     with pytest.raises(ArtifactError, match="must be \\[\\] when compress_ratio is 1"):
         Manifest.from_dict({**light, "compress_layers": [3]})
+    with pytest.raises(ArtifactError, match=r"gives compress_index_0 the shape \['batch', 's0', 2\]; expected "
+                                            r"\[batch, compressed, 3\]"):
+        Manifest.from_dict({**light, "compress_ratio": 3, "compress_layers": [1, 3]})
 
 
 def test_unreadable_files(tmp_path: Path) -> None:
@@ -230,29 +241,18 @@ def test_write_refuses_an_invalid_manifest(tmp_path: Path) -> None:
     assert not (tmp_path / "manifest.json").exists()
 
 
-def _session(tmp_path: Path, id_type: int = TensorProto.INT64) -> ort.InferenceSession:
-    ids = helper.make_tensor_value_info("input_ids", id_type, ["batch", "sequence"])
-    mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])
-    nodes = [helper.make_node("Cast", ["input_ids"], ["f"], to=TensorProto.FLOAT),
-             helper.make_node("Cast", ["attention_mask"], ["g"], to=TensorProto.FLOAT),
-             helper.make_node("Mul", ["f", "g"], ["h"]),
-             helper.make_node("ReduceSum", ["h", "axis"], ["score_l2_h0"], keepdims=0),
-             helper.make_node("Neg", ["score_l2_h0"], ["score_l3_h1"])]
-    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch"]) for n in ("score_l2_h0", "score_l3_h1")]
-    graph = helper.make_graph(nodes, "g", [ids, mask], outs,
-                              initializer=[onnx.numpy_helper.from_array(np.array([1]), "axis")])
-    path = tmp_path / "model.onnx"
-    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def _session(tmp_path: Path, id_type: str = "int64") -> ort.InferenceSession:
+    """A session of the tiny graph with layerwise()'s inputs and outputs (input_ids declared id_type)."""
+    tiny_export(tmp_path, {"score_l2_h0": (1.0, 0.0), "score_l3_h1": (-1.0, 0.0)}, model_class=LAYERWISE,
+                id_type=id_type)
+    return ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
 
 
 def test_validate_against_a_session(tmp_path: Path) -> None:
     m = layerwise()
     m.validate_against(_session(tmp_path))
-    inputs, outputs = tensors_from_session(_session(tmp_path))
-    assert inputs == m.graph.inputs and outputs == m.graph.outputs
     with pytest.raises(ManifestMismatchError, match="input 'input_ids': manifest dtype int64, graph dtype int32"):
-        m.validate_against(_session(tmp_path, TensorProto.INT32))
+        m.validate_against(_session(tmp_path, "int32"))
     renamed = Manifest(**{**m.__dict__, "graph": GraphInfo(**{**m.graph.__dict__, "outputs": (
         TensorSpec("score_l2_h0", "float32", ("batch",)), TensorSpec("score_l4_h1", "float32", ("batch",)))})})
     with pytest.raises(ManifestMismatchError) as err:

@@ -1,218 +1,85 @@
-"""OnnxBackend and load_artifact on tiny ONNX graphs built here with onnx.helper (no torch).
-
-The graph computes base = sum_s E[input_ids] * attention_mask (+ sum of compress_weight_0 when that input exists)
-and each output is base * scale + bias, so every expected score is computed here in numpy.
-"""
+"""OnnxBackend and load_artifact on the tiny export (tests/tiny_export.py: onnx.helper, no torch), whose every
+expected score is computed in numpy. The request front itself (checks, feed completion) is test_front.py's."""
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import types
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from rerank_runtime.compression import pass_through_stages
-import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from rerank_runtime import providers
-from rerank_runtime.artifact import RoundRobin, check_model_files, detect_model_class, external_refs, load_artifact
+from rerank_runtime.artifact import check_model_files, detect_model_class, external_refs, load_artifact
 from rerank_runtime.errors import (ArtifactError, ManifestMismatchError, ModelNotFoundError, ProviderUnavailableError,
                                    UnknownFamilyError, UnsupportedRequestError)
-from rerank_runtime.manifest import GraphInfo, Manifest, TensorSpec
-from rerank_runtime.onnx_backend import OnnxBackend, run_bound
+from rerank_runtime.front import GraphFront, RoundRobin, ServedGraph
+from rerank_runtime.manifest import GraphInfo, Manifest
+from rerank_runtime.onnx_backend import OnnxBackend, onnx_backends, run_bound
 from rerank_runtime.providers import Placement, resolve
-from rerank_runtime.spec import ENCODER, LAYERWISE, LIGHTWEIGHT, GraphRequest, ModelSpec
+from rerank_runtime.spec import ENCODER, LAYERWISE, GraphRequest
+from tiny_export import TWO_EXITS, VOCAB, batch, expected, tiny_export, tiny_manifest
 
-VOCAB = 40
-TABLE = (np.arange(VOCAB, dtype=np.float32) - 17.0) / 7.0
-TWO_EXITS = {"score_l2_h0": (1.0, 0.0), "score_l3_h1": (-2.0, 0.5)}
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 gpu = pytest.mark.skipif(not HAS_CUDA, reason="onnxruntime has no CUDAExecutionProvider (CPU build or no GPU)")
-
-
-def build_artifact(
-    root: Path,
-    outputs: dict[str, tuple[float, float]] | None = None,
-    *,
-    model_class: str = ENCODER,
-    external: bool = False,
-    compress: bool = False,
-    precision: str = "fp32",
-    **manifest_fields: Any,
-) -> Manifest:
-    outputs = outputs or {"score": (1.0, 0.0)}
-    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])
-    mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])
-    inputs = [ids, mask]
-    nodes = [
-        helper.make_node("Gather", ["table", "input_ids"], ["emb"]),
-        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["emb", "maskf"], ["masked"]),
-        helper.make_node("ReduceSum", ["masked", "axis1"], ["base0"], keepdims=0),
-    ]
-    inits = [numpy_helper.from_array(TABLE, "table"), numpy_helper.from_array(np.array([1]), "axis1"),
-             numpy_helper.from_array(np.array([1, 2]), "axes12")]
-    base = "base0"
-    if compress:
-        inputs.append(helper.make_tensor_value_info("compress_weight_0", TensorProto.FLOAT, ["batch", "s0", 2]))
-        nodes += [helper.make_node("ReduceSum", ["compress_weight_0", "axes12"], ["wsum"], keepdims=0),
-                  helper.make_node("Add", ["base0", "wsum"], ["base1"])]
-        base = "base1"
-    outs = []
-    for name, (scale, bias) in outputs.items():
-        inits += [numpy_helper.from_array(np.float32(scale), f"{name}_s"),
-                  numpy_helper.from_array(np.float32(bias), f"{name}_b")]
-        nodes += [helper.make_node("Mul", [base, f"{name}_s"], [f"{name}_m"]),
-                  helper.make_node("Add", [f"{name}_m", f"{name}_b"], [name])]
-        outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch"]))
-    graph = helper.make_graph(nodes, "tiny", inputs, outs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    root.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, str(root / "model.onnx"), save_as_external_data=external, all_tensors_to_one_file=True,
-                    location="model.onnx.data", size_threshold=64)  # the table only
-    write_tokenizer(root / "tokenizer.json")
-    manifest = tiny_manifest(model_class, outputs, compress, external, precision, **manifest_fields)
-    manifest.write(root)
-    return manifest
-
-
-def tiny_manifest(model_class: str, outputs: dict[str, tuple[float, float]], compress: bool, external: bool,
-                  precision: str, **fields: Any) -> Manifest:
-    inputs = [TensorSpec("input_ids", "int64", ("batch", "sequence")),
-              TensorSpec("attention_mask", "int64", ("batch", "sequence"))]
-    if compress:
-        inputs.append(TensorSpec("compress_weight_0", "float32", ("batch", "s0", 2)))
-    exits = tuple((int(n.split("_")[1][1:]), int(n.split("_")[2][1:])) for n in outputs if n.startswith("score_l"))
-    # consistent with write_tokenizer's vocabulary (the manifest records its ids and load checks them)
-    spec = ModelSpec(model_class=model_class, pad_token_id=0, yes_token_id=4, num_layers=4, start_layer=1)
-    graph = GraphInfo(file="model.onnx", opset=17, inputs=tuple(inputs),
-                      outputs=tuple(TensorSpec(n, "float32", ("batch",)) for n in outputs),
-                      external_data=("model.onnx.data",) if external else ())
-    values: dict[str, Any] = dict(model_name="tiny", source="tests", family="tiny", spec=spec, precision=precision,
-                                  graph=graph, max_length=16, max_sequence_length=24, exits=exits,
-                                  defaults={"cutoff_layers": [e[0] for e in exits]} if exits else {})
-    values.update(fields)
-    return Manifest(**values)
-
-
-def write_tokenizer(path: Path) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {"[PAD]": 0, "[UNK]": 1, "hello": 2, "world": 3, "Yes": 4}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.save(str(path))
-
-
-def batch(rows: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
-    width = max(len(r) for r in rows)
-    ids = np.zeros((len(rows), width), dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = r
-        mask[i, : len(r)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
-def expected(feeds: dict[str, np.ndarray], scale: float = 1.0, bias: float = 0.0) -> np.ndarray:
-    base = (TABLE[feeds["input_ids"]] * feeds["attention_mask"]).sum(axis=1)
-    if "compress_weight_0" in feeds:
-        base = base + np.asarray(feeds["compress_weight_0"], dtype=np.float64).sum(axis=(1, 2))
-    return (base * scale + bias).astype(np.float32)
-
-
 ROWS = [[3, 7, 11, 39], [5, 1], [20, 21, 22, 23, 24, 25]]
 
 
-def cpu_backend(root: Path, manifest: Manifest, devices: Any = "cpu") -> OnnxBackend:
-    return OnnxBackend(root, manifest, resolve("cpu", devices))
+def cpu_backend(root: Path, manifest: Manifest) -> OnnxBackend:
+    [placement] = resolve("cpu", "cpu")
+    return OnnxBackend(root, manifest, placement)
 
 
-# --- run and check ---------------------------------------------------------------------------------------------------
+class Counting:
+    """A backend that counts the runs it passes on."""
+
+    concurrency = 1
+
+    def __init__(self, backend: OnnxBackend) -> None:
+        self.backend, self.runs = backend, 0
+
+    def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        self.runs += 1
+        return self.backend.run(names, feeds)
 
 
-def test_single_score_matches_numpy_and_feeds_are_converted(tmp_path: Path) -> None:
-    manifest = build_artifact(tmp_path)
+# --- run -------------------------------------------------------------------------------------------------------------
+
+
+def test_one_session_runs_the_named_outputs_in_order(tmp_path: Path) -> None:
+    manifest = tiny_export(tmp_path, model_class=LAYERWISE)
     backend = cpu_backend(tmp_path, manifest)
+    assert backend.concurrency == 1 and backend.session_providers() == ["CPUExecutionProvider"]
     feeds = batch(ROWS)
-    narrow = {k: v.astype(np.int32) for k, v in feeds.items()} | {"query_lengths": np.array([1, 2, 3])}
-    (scores,) = backend.run(GraphRequest(), narrow)  # int32 feeds converted, an input the graph lacks dropped
-    assert scores.dtype == np.float32 and scores.shape == (3,)
-    np.testing.assert_allclose(scores, expected(feeds), rtol=0, atol=1e-5)
-    assert backend.concurrency == 1
-
-
-def test_requested_outputs_are_selected_in_request_order(tmp_path: Path) -> None:
-    manifest = build_artifact(tmp_path, TWO_EXITS, model_class=LAYERWISE)
-    backend = cpu_backend(tmp_path, manifest)
-    feeds = batch(ROWS)
-    (only,) = backend.run(GraphRequest(exits=((3, 1),)), feeds)
+    (only,) = backend.run(["score_l3_h1"], feeds)
+    assert only.dtype == np.float32 and only.shape == (3,)
     np.testing.assert_allclose(only, expected(feeds, -2.0, 0.5), atol=1e-5)
-    second, first = backend.run(GraphRequest(exits=((3, 1), (2, 0))), feeds)
+    second, first = backend.run(("score_l3_h1", "score_l2_h0"), feeds)
     np.testing.assert_allclose(second, expected(feeds, -2.0, 0.5), atol=1e-5)
     np.testing.assert_allclose(first, expected(feeds), atol=1e-5)
 
 
-def test_check_names_the_heads_the_artifact_has(tmp_path: Path) -> None:
-    backend = cpu_backend(tmp_path, build_artifact(tmp_path, TWO_EXITS, model_class=LAYERWISE))
-    backend.check(GraphRequest(exits=((2, 0),)))
-    with pytest.raises(UnsupportedRequestError) as err:
-        backend.check(GraphRequest(exits=((2, 0), (5, 0))))
-    assert "layer 2 (head 0), layer 3 (head 1)" in str(err.value) and "layer 5 (head 0)" in str(err.value)
-    with pytest.raises(UnsupportedRequestError, match="score"):
-        backend.check(GraphRequest())  # a single-score request on a multi-exit artifact
-
-
-def test_check_compression_against_the_baked_stages(tmp_path: Path) -> None:
-    outputs = {"score_l2_h0": (1.0, 0.0), "score_l4_h1": (3.0, 0.0)}
-    manifest = build_artifact(tmp_path, outputs, model_class=LIGHTWEIGHT, compress=True, compress_ratio=2,
-                              compress_layers=(3,))
-    backend = cpu_backend(tmp_path, manifest)
-    backend.check(GraphRequest(exits=((2, 0), (4, 1)), compress_ratio=2, compress_layers=(3,)))
-    backend.check(GraphRequest(exits=((2, 0),)))  # the stage at layer 3 does not touch the layer-2 exit
-    only_first = backend.run(GraphRequest(exits=((2, 0),)), batch(ROWS))  # its plan is filled with a pass-through
-    filled = pass_through_stages(batch(ROWS), 0, 1, 2)
-    assert filled["compress_weight_0"].sum() == sum(map(len, ROWS))  # one weight per real token, nothing merged
-    np.testing.assert_allclose(only_first[0], expected(filled, 1.0), atol=1e-5)
-    with pytest.raises(UnsupportedRequestError) as err:
-        backend.check(GraphRequest(exits=((4, 1),)))
-    assert "compress_ratio=2, compress_layers=[3]" in str(err.value) and "rerank-export" in str(err.value)
-    with pytest.raises(UnsupportedRequestError, match="compress_ratio=4"):
-        backend.check(GraphRequest(exits=((4, 1),), compress_ratio=4, compress_layers=(3,)))
-    feeds = batch(ROWS) | {"compress_weight_0": np.full((3, 2, 2), 0.25)}  # float64 in, float32 fed
-    scores = backend.run(GraphRequest(exits=((4, 1),), compress_ratio=2, compress_layers=(3,)), feeds)
-    np.testing.assert_allclose(scores[0], expected(feeds, 3.0), atol=1e-5)
-    with pytest.raises(UnsupportedRequestError, match="compress_weight_0"):
-        backend.run(GraphRequest(exits=((4, 1),), compress_ratio=2, compress_layers=(3,)), batch(ROWS))
-
-
 def test_two_sessions_round_robin_from_threads(tmp_path: Path) -> None:
-    manifest = build_artifact(tmp_path, TWO_EXITS, model_class=LAYERWISE)
-    backend = cpu_backend(tmp_path, manifest, devices=["cpu", "cpu"])
-    assert backend.concurrency == 2
-    calls = [0, 0]
-    for i, session in enumerate(backend._sessions):  # pyright: ignore[reportPrivateUsage]
-        original = session.run
-
-        def counted(*args: Any, _i: int = i, _run: Any = original) -> Any:
-            calls[_i] += 1
-            return _run(*args)
-
-        session.run = counted
+    manifest = tiny_export(tmp_path, model_class=LAYERWISE)
+    pair = onnx_backends(tmp_path, manifest, resolve("cpu", ["cpu", "cpu"]))
+    assert isinstance(pair, RoundRobin) and pair.concurrency == 2
+    assert all(isinstance(b, OnnxBackend) for b in pair.backends)
+    counted = [Counting(b) for b in pair.backends]  # type: ignore[arg-type]
+    front = GraphFront(ServedGraph.of(manifest, tmp_path), RoundRobin(counted))
     request = GraphRequest(exits=((2, 0), (3, 1)))
     work = [batch([[(i * 7 + j) % VOCAB for j in range(1 + i % 5)], [i % VOCAB, 3]]) for i in range(24)]
     results: list[Any] = [None] * len(work)
 
     def worker(k: int) -> None:
         for i in range(k, len(work), 4):
-            results[i] = backend.run(request, work[i])
+            results[i] = front.run(request, work[i])
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
     for t in threads:
@@ -222,13 +89,13 @@ def test_two_sessions_round_robin_from_threads(tmp_path: Path) -> None:
     for feeds, (a, b) in zip(work, results):
         np.testing.assert_allclose(a, expected(feeds), atol=1e-5)
         np.testing.assert_allclose(b, expected(feeds, -2.0, 0.5), atol=1e-5)
-    assert calls == [12, 12]
+    assert [c.runs for c in counted] == [12, 12]
 
 
 def test_io_binding_path_matches_plain_run(tmp_path: Path) -> None:
-    backend = cpu_backend(tmp_path, build_artifact(tmp_path, TWO_EXITS, model_class=LAYERWISE))
+    backend = cpu_backend(tmp_path, tiny_export(tmp_path, model_class=LAYERWISE))
     feeds = batch(ROWS)
-    bound = run_bound(backend._sessions[0], feeds, ["score_l3_h1"], "cpu", 0)  # pyright: ignore[reportPrivateUsage]
+    bound = run_bound(backend.session, feeds, ["score_l3_h1"], "cpu", 0)
     np.testing.assert_allclose(bound[0], expected(feeds, -2.0, 0.5), atol=1e-5)
 
 
@@ -237,16 +104,16 @@ def test_io_binding_path_matches_plain_run(tmp_path: Path) -> None:
 
 @pytest.mark.filterwarnings("ignore:Specified provider")
 def test_fallback_to_another_provider_is_an_error(tmp_path: Path) -> None:
-    manifest = build_artifact(tmp_path)
+    manifest = tiny_export(tmp_path)
     # ORT's CPU build warns and runs on the CPU when asked for CUDA: the backend must refuse that
     asked = Placement("cuda", "cuda:0", 0, (("CUDAExecutionProvider", {"device_id": "0"}),))
     if not HAS_CUDA:
         with pytest.raises(ProviderUnavailableError, match="fell back.*CUDAExecutionProvider"):
-            OnnxBackend(tmp_path, manifest, [asked])
+            OnnxBackend(tmp_path, manifest, asked)
 
 
 def test_fallback_detected_through_get_providers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    manifest = build_artifact(tmp_path)
+    manifest = tiny_export(tmp_path)
     monkeypatch.setattr(ort.InferenceSession, "get_providers", lambda self: ["AzureExecutionProvider"])
     with pytest.raises(ProviderUnavailableError) as err:
         cpu_backend(tmp_path, manifest)
@@ -254,15 +121,15 @@ def test_fallback_detected_through_get_providers(tmp_path: Path, monkeypatch: py
 
 
 def test_graph_that_disagrees_with_the_manifest(tmp_path: Path) -> None:
-    build_artifact(tmp_path)
-    other = tiny_manifest(ENCODER, {"score": (1.0, 0.0), "extra": (1.0, 0.0)}, False, False, "fp32")
+    tiny_export(tmp_path)
+    other = tiny_manifest(ENCODER, {"score": (1.0, 0.0), "extra": (1.0, 0.0)})
     with pytest.raises(ManifestMismatchError) as err:
         cpu_backend(tmp_path, other)
     assert "['extra', 'score']" in str(err.value) and "graph has ['score']" in str(err.value)
 
 
 def test_ort_load_error_is_wrapped(tmp_path: Path) -> None:
-    manifest = build_artifact(tmp_path)
+    manifest = tiny_export(tmp_path)
     (tmp_path / "model.onnx").write_bytes(b"\x08\x07" + b"\xff" * 64)
     with pytest.raises(ArtifactError, match="model.onnx"):
         cpu_backend(tmp_path, manifest)
@@ -272,13 +139,15 @@ def test_ort_load_error_is_wrapped(tmp_path: Path) -> None:
 
 
 def test_load_artifact_end_to_end(tmp_path: Path) -> None:
-    manifest = build_artifact(tmp_path, TWO_EXITS, model_class=LAYERWISE, external=True)
+    manifest = tiny_export(tmp_path, TWO_EXITS, model_class=LAYERWISE, external=True)
     loaded = load_artifact(tmp_path, model_class=LAYERWISE, devices=["cpu", "cpu"])
     assert loaded.spec == manifest.spec and loaded.defaults == {"cutoff_layers": [2, 3]}
     assert loaded.tokenizer.encode("hello world nope", add_special_tokens=False).ids == [2, 3, 1]
-    assert isinstance(loaded.backend, OnnxBackend) and loaded.backend.concurrency == 2
+    assert isinstance(loaded.front, GraphFront) and loaded.front.concurrency == 2
+    assert isinstance(loaded.front.backend, RoundRobin)
+    assert [b.placement.device for b in loaded.front.backend.backends] == ["cpu", "cpu"]  # type: ignore[attr-defined]
     feeds = batch(ROWS)
-    (scores,) = loaded.backend.run(GraphRequest(exits=((2, 0),)), feeds)
+    (scores,) = loaded.front.run(GraphRequest(exits=((2, 0),)), feeds)
     np.testing.assert_allclose(scores, expected(feeds), atol=1e-5)
     assert detect_model_class(tmp_path) == LAYERWISE
 
@@ -294,24 +163,38 @@ def test_missing_directory_and_checkpoint_directory(tmp_path: Path) -> None:
         detect_model_class(tmp_path)
 
 
-def test_model_class_and_precision_requests(tmp_path: Path) -> None:
-    build_artifact(tmp_path)
-    with pytest.raises(UnsupportedRequestError, match="'decoder-only-layerwise' was asked for"):
+def test_model_class_and_precision_requests(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    tiny_export(tmp_path)
+    with pytest.raises(UnsupportedRequestError, match=rf"{tmp_path} holds a encoder-only-base model, which "
+                       r"FlagReranker scores; LayerWiseFlagLLMReranker scores decoder-only-layerwise models only"):
         load_artifact(tmp_path, model_class=LAYERWISE)
     with pytest.raises(UnknownFamilyError):
         load_artifact(tmp_path, model_class="cross-encoder")
-    for flag in ("use_fp16", "use_bf16"):
-        with pytest.raises(UnsupportedRequestError, match=f"{flag}=True but .* is a fp32 export"):
-            load_artifact(tmp_path, **{flag: True})
+    for flag in ("use_fp16", "use_bf16"):  # as FlagEmbedding on the CPU: served as it is, with one warning
+        precision = flag[4:]
+        with pytest.warns(UserWarning, match=rf"{flag}=True asks for {precision}, but {tmp_path} is a fp32 export .*"
+                          rf"serving fp32. For {precision}, export it: `rerank-export --model tests --{precision} "
+                          rf"--max-length 16 --output {tmp_path}-{precision}`"):
+            assert isinstance(load_artifact(tmp_path, **{flag: True}).front.backend, OnnxBackend)  # type: ignore
+    recwarn.clear()
     half = tmp_path / "half"
-    build_artifact(half, precision="fp16")
-    assert isinstance(load_artifact(half, use_fp16=True).backend, OnnxBackend)
-    with pytest.raises(UnsupportedRequestError, match="fp16 export"):
-        load_artifact(half, use_bf16=True)
+    tiny_export(half, precision="fp16")
+    assert isinstance(load_artifact(half, use_fp16=True).front.backend, OnnxBackend)  # type: ignore[attr-defined]
+    load_artifact(half)  # a flag left at its default says nothing
+    load_artifact(half, use_bf16=False)  # nor does refusing a precision the export does not have
+    assert not recwarn.list
+    for flags, match in (({"use_fp16": False}, r"use_fp16=False asks for full precision, but .* is a fp16 export .*"
+                          r"serving fp16. For fp32, export it: `rerank-export --model tests --max-length 16 --output "
+                          r".*/half-fp32`"),
+                         ({"use_bf16": True}, "use_bf16=True asks for bf16, but .* is a fp16 export")):
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            load_artifact(half, **flags)
+        assert [re.search(match, str(w.message)) is not None for w in got] == [True]  # one warning, this one
 
 
 def test_missing_tokenizer(tmp_path: Path) -> None:
-    build_artifact(tmp_path)
+    tiny_export(tmp_path)
     (tmp_path / "tokenizer.json").unlink()
     with pytest.raises(ArtifactError, match="tokenizer.json"):
         load_artifact(tmp_path)
@@ -322,7 +205,7 @@ def test_missing_tokenizer(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("external", [False, True])
 def test_truncated_or_corrupt_model_file(tmp_path: Path, external: bool) -> None:
-    build_artifact(tmp_path, external=external)
+    tiny_export(tmp_path, external=external)
     model = tmp_path / "model.onnx"
     data = model.read_bytes()
     for broken in (data[: len(data) // 2], data[:-3], b"", b"not a protobuf at all"):
@@ -339,7 +222,7 @@ def test_truncated_or_corrupt_model_file(tmp_path: Path, external: bool) -> None
 
 
 def test_external_data_missing_short_or_unlisted(tmp_path: Path) -> None:
-    manifest = build_artifact(tmp_path, external=True)
+    manifest = tiny_export(tmp_path, external=True)
     data = tmp_path / "model.onnx.data"
     [(location, needed)] = external_refs(tmp_path / "model.onnx")
     assert location == "model.onnx.data" and needed == data.stat().st_size
@@ -357,18 +240,18 @@ def test_external_data_missing_short_or_unlisted(tmp_path: Path) -> None:
 
 
 def test_trt_engine_provider_builds_one_backend_per_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    build_artifact(tmp_path, TWO_EXITS, model_class=LAYERWISE)
-    made: list[tuple[Path, dict[str, Any], int]] = []
+    tiny_export(tmp_path, TWO_EXITS, model_class=LAYERWISE)
+    made: list[tuple[Path, Manifest, int]] = []
 
     class Engine:
-        def __init__(self, export_dir: Path, manifest: dict[str, Any], device_id: int):
+        concurrency = 1
+
+        def __init__(self, export_dir: Path, manifest: Manifest, device_id: int):
             made.append((export_dir, manifest, device_id))
             self.device_id = device_id
 
-        def check(self, request: GraphRequest) -> None: ...
-
-        def run(self, request: GraphRequest, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-            return [np.full(len(feeds["input_ids"]), self.device_id, dtype=np.float32)]
+        def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+            return [np.full(len(feeds["input_ids"]), self.device_id, dtype=np.float32) for _ in names]
 
     module = types.ModuleType("rerank_runtime.trt_backend")
     module.TensorRTBackend = Engine  # type: ignore[attr-defined]
@@ -376,10 +259,10 @@ def test_trt_engine_provider_builds_one_backend_per_device(tmp_path: Path, monke
     monkeypatch.setattr(providers, "visible_cuda_devices", lambda: 2)
     loaded = load_artifact(tmp_path, provider="trt-engine", devices=[0, 1])
     assert [(p, d) for p, _, d in made] == [(tmp_path, 0), (tmp_path, 1)]
-    assert made[0][1]["exits"] == [[2, 0], [3, 1]] and made[0][1]["spec"]["model_class"] == LAYERWISE
-    assert isinstance(loaded.backend, RoundRobin) and loaded.backend.concurrency == 2
+    assert made[0][1] == Manifest.read(tmp_path)  # the validated, typed manifest
+    assert isinstance(loaded.front.backend, RoundRobin) and loaded.front.concurrency == 2  # type: ignore[attr-defined]
     request, feeds = GraphRequest(exits=((2, 0),)), batch(ROWS)
-    firsts = [float(loaded.backend.run(request, feeds)[0][0]) for _ in range(4)]
+    firsts = [float(loaded.front.run(request, feeds)[0][0]) for _ in range(4)]
     assert firsts == [0.0, 1.0, 0.0, 1.0]
 
 
@@ -392,13 +275,13 @@ def test_trt_engine_provider_builds_one_backend_per_device(tmp_path: Path, monke
 def test_gpu_providers_match_cpu(tmp_path: Path, provider: str) -> None:
     if provider == "tensorrt" and "TensorrtExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime has no TensorrtExecutionProvider")
-    build_artifact(tmp_path, TWO_EXITS, model_class=LAYERWISE, external=True)
+    tiny_export(tmp_path, TWO_EXITS, model_class=LAYERWISE, external=True)
     feeds = batch(ROWS)
     request = GraphRequest(exits=((2, 0), (3, 1)))
-    cpu = load_artifact(tmp_path).backend.run(request, feeds)
+    cpu = load_artifact(tmp_path).front.run(request, feeds)
     loaded = load_artifact(tmp_path, provider=provider, devices="cuda:0")
-    assert loaded.backend.session_providers()[0][0] == providers.ORT_NAMES[provider]  # type: ignore[attr-defined]
-    for got, want in zip(loaded.backend.run(request, feeds), cpu):
+    assert loaded.front.backend.session_providers()[0] == providers.ORT_NAMES[provider]  # type: ignore[attr-defined]
+    for got, want in zip(loaded.front.run(request, feeds), cpu):
         np.testing.assert_allclose(got, want, atol=1e-4)
     if provider == "tensorrt":
         assert (tmp_path / "trt_cache").is_dir()

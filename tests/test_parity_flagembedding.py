@@ -8,18 +8,19 @@ random and on the trained tiny checkpoint of every kind. The scenarios are the f
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import replace
+
 import pytest
 
+from close import assert_close
 from oracle_client import run_oracle
 from rerank_export.families import REGISTRY
-from rerank_export.reference import FlagAutoReranker
+from rerank_export.reference import FlagAutoReranker, load_reference
 from rerank_export.testing.pairs import parity_pairs
 from rerank_export.testing.recipes import RECIPES
+from rerank_runtime.front import FeedRecorder
 from rerank_runtime.spec import DECODER
-from rerank_runtime.tolerances import tolerance
 
-FP32 = tolerance("fp32", "cpu")
 KIND = {name: family.model_class for name, family in REGISTRY.items()}
 # (family, trained, constructor kwargs, compute_score kwargs): each family's recipe scenarios on its random tiny
 # checkpoint and on its trained one (whose larger, structured activations are what real models have).
@@ -52,41 +53,22 @@ def test_scores_match_flagembedding(oracle, checkpoint, index):
     expected = oracle[index]
     assert expected["error"] is None, expected["error"]
     got = _reference(checkpoint, family, init, trained).compute_score(parity_pairs(), **call)
-    want = np.asarray(expected["scores"], dtype=np.float64)
-    got = np.asarray(got, dtype=np.float64)
-    assert got.shape == want.shape
-    bound = FP32.atol + FP32.rtol * np.abs(want)
-    assert np.all(np.abs(got - want) <= bound), f"max abs diff {np.abs(got - want).max():.3g}"
-
-
-class _Capture:
-    """Wraps a backend and records each fed row without its padding."""
-
-    def __init__(self, inner):
-        self.inner, self.rows, self.concurrency = inner, [], 1
-
-    def check(self, request):
-        self.inner.check(request)
-
-    def run(self, request, feeds):
-        for ids, mask in zip(feeds["input_ids"], feeds["attention_mask"]):
-            self.rows.append(ids[mask > 0].tolist())
-        return self.inner.run(request, feeds)
+    assert_close(got, expected["scores"], "reference vs FlagEmbedding")
 
 
 @pytest.mark.parametrize("family,max_length", IDS)
 def test_token_ids_match_flagembedding(oracle, checkpoint, family, max_length):
     expected = oracle[len(SCENARIOS) + IDS.index((family, max_length))]
     assert expected["error"] is None, expected["error"]
-    reranker = _reference(checkpoint, family, {"max_length": max_length}, trained=False)
-    capture = _Capture(reranker.backend)
-    reranker._scorer.backend = capture
+    loaded = load_reference(str(checkpoint(family, trained=False)), model_class=KIND[family])
+    recorder = FeedRecorder(loaded.front)
+    reranker = FlagAutoReranker.from_loaded(replace(loaded, front=recorder), max_length=max_length)
     ours = []
     for pair in parity_pairs():
-        capture.rows.clear()
+        recorder.calls.clear()
         reranker.compute_score([pair])
-        assert len(capture.rows) == 1
-        ours.append(capture.rows[0])
+        assert len(recorder.rows()) == 1
+        ours.append(recorder.rows()[0])
     assert ours == expected["ids"]
     assert any(len(row) >= max_length for row in ours), "the pair set must hit truncation"
 
@@ -95,4 +77,4 @@ def test_single_pair_returns_a_float(oracle, checkpoint):
     expected = oracle[-1]
     got = _reference(checkpoint, "gemma", {}).compute_score(parity_pairs()[1])
     assert isinstance(got, float)  # FlagEmbedding 1.4.2 returns [float]: a deliberate change
-    assert abs(got - expected["scores"][0]) <= FP32.atol + FP32.rtol * abs(expected["scores"][0])
+    assert_close(got, expected["scores"][0], "one pair")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ctypes.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,27 +14,20 @@ import pytest
 
 from rerank_runtime import cudart, providers
 from rerank_runtime.errors import ProviderUnavailableError
-from rerank_runtime.manifest import GraphInfo, Manifest, TensorSpec
+from rerank_runtime.manifest import Manifest
 from rerank_runtime.providers import Placement, profile_shapes, resolve
-from rerank_runtime.spec import ENCODER, LIGHTWEIGHT, ModelSpec
+from rerank_runtime.spec import ENCODER, LIGHTWEIGHT
+from rerank_runtime.trt_engine import EngineRecord, Profile
+from tiny_export import tiny_manifest
+
+REPO = Path(__file__).resolve().parent.parent  # install hints name the clone the package runs from
 
 GPU_EPS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def manifest(tensorrt: dict[str, Any] | None = None, compress: bool = False) -> Manifest:
-    inputs = [TensorSpec("input_ids", "int64", ("batch", "sequence")),
-              TensorSpec("attention_mask", "int64", ("batch", "sequence")),
-              TensorSpec("static_table", "float32", (4, 2))]
-    if compress:
-        inputs.append(TensorSpec("compress_index_0", "int64", ("batch", "s0", 2)))
-    kind = LIGHTWEIGHT if compress else ENCODER
-    outputs = (TensorSpec("score_l2_h0" if compress else "score", "float32", ("batch",)),)
-    return Manifest(
-        model_name="tiny", source="tests", family="tiny", spec=ModelSpec(model_class=kind, pad_token_id=0),
-        precision="fp32", graph=GraphInfo("model.onnx", 17, tuple(inputs), outputs), max_length=300,
-        max_sequence_length=320, exits=((2, 0),) if compress else (), tensorrt=tensorrt,
-        compress_ratio=2 if compress else 1, compress_layers=(1,) if compress else (),
-    )
+def manifest(compress: bool = False) -> Manifest:
+    return tiny_manifest(LIGHTWEIGHT if compress else ENCODER, {"score_l2_h0" if compress else "score": (1.0, 0.0)},
+                         compress_layers=(1,) if compress else (), max_length=300, max_sequence_length=320)
 
 
 @pytest.fixture
@@ -61,7 +57,8 @@ def test_gpu_provider_missing_names_the_available_ones(provider: str | None, dev
         resolve(provider, devices, manifest=manifest(), export_dir="/x")
     message = str(err.value)
     assert "CUDAExecutionProvider" in message and "CPUExecutionProvider" in message
-    assert "pip uninstall onnxruntime, then pip install '.[cuda]' from a clone of the bge-rerank-fast" in message
+    assert f"pip uninstall onnxruntime, then pip install '{REPO}[cuda]' (the package is not on the package index)" \
+        in message
 
 
 @pytest.mark.parametrize(
@@ -116,25 +113,22 @@ def test_tensorrt_placement(gpu_host: None, tmp_path: Path) -> None:
 
 def test_compression_inputs_get_a_profile_too() -> None:
     lo, opt, hi = profile_shapes(manifest(compress=True))
-    assert lo == "input_ids:1x1,attention_mask:1x1,compress_index_0:1x1x2"
-    assert opt == "input_ids:128x256,attention_mask:128x256,compress_index_0:128x256x2"
-    assert hi == "input_ids:128x320,attention_mask:128x320,compress_index_0:128x320x2"
+    assert lo == "input_ids:1x1,attention_mask:1x1,compress_index_0:1x1x2,compress_weight_0:1x1x2"
+    assert opt == "input_ids:128x256,attention_mask:128x256,compress_index_0:128x256x2,compress_weight_0:128x256x2"
+    assert hi == "input_ids:128x320,attention_mask:128x320,compress_index_0:128x320x2,compress_weight_0:128x320x2"
 
 
-def test_profiles_from_the_tensorrt_section() -> None:
-    def profile(lo: int, hi: int, batch: int) -> dict[str, Any]:
-        shape = {"min": [1, lo], "opt": [batch, hi], "max": [batch, hi]}
-        return {"index": 0, "min_length": lo, "max_length": hi, "max_batch_size": batch,
-                "shapes": {"input_ids": shape, "attention_mask": shape}}
+def test_profiles_from_the_engine_record() -> None:
+    def profile(index: int, lo: int, hi: int, batch: int) -> Profile:
+        shape = ((1, lo), (batch, hi), (batch, hi))
+        return Profile(index, lo, hi, batch, {"input_ids": shape, "attention_mask": shape})
 
-    section = {"profiles": [profile(1, 128, 32), profile(129, 320, 8)]}
-    lo, opt, hi = profile_shapes(manifest(section))
+    record = EngineRecord("10.13.2", "L4", "8.9", (profile(0, 1, 128, 32), profile(1, 129, 320, 8)), 11, "a" * 64,
+                          "strongly typed", True, False, 3)
+    lo, opt, hi = profile_shapes(manifest().with_engine(record))
     assert lo == "input_ids:1x1,attention_mask:1x1,input_ids:1x129,attention_mask:1x129"
     assert opt == "input_ids:32x128,attention_mask:32x128,input_ids:8x320,attention_mask:8x320"
     assert hi == opt
-    broken = {"profiles": [{"shapes": {"input_ids": {"min": [1, 1], "opt": [1, 1], "max": [1, 1]}}}]}
-    with pytest.raises(ProviderUnavailableError, match="attention_mask"):
-        profile_shapes(manifest(broken))
 
 
 def test_tensorrt_needs_the_manifest(gpu_host: None) -> None:
@@ -147,13 +141,50 @@ def test_trt_engine_has_no_ort_providers(gpu_host: None) -> None:
     assert placement.ort_providers == () and placement.primary is None and placement.device_id == 1
 
 
-def test_visible_cuda_devices_without_a_driver() -> None:
+class FakeDriver:
+    """libcuda's two calls visible_cuda_devices makes, with chosen results."""
+
+    def __init__(self, init_rc: int = 0, count: int = 0, count_rc: int = 0) -> None:
+        self.init_rc, self.count, self.count_rc = init_rc, count, count_rc
+
+    def cuInit(self, flags: int) -> int:
+        return self.init_rc
+
+    def cuDeviceGetCount(self, count: Any) -> int:
+        count._obj.value = self.count  # a ctypes.byref(c_int)
+        return self.count_rc
+
+
+@pytest.mark.parametrize(("driver", "expected"), [
+    (FakeDriver(count=3), 3),
+    (FakeDriver(init_rc=100), 0),  # CUDA_ERROR_NO_DEVICE: a driver without a GPU (or CUDA_VISIBLE_DEVICES="")
+    (FakeDriver(init_rc=999), r"cuInit returned CUresult 999"),
+    (FakeDriver(count=2, count_rc=3), r"cuDeviceGetCount failed with CUresult 3"),
+    (None, "libcuda.so.1 could not be loaded"),
+])
+def test_visible_cuda_devices(monkeypatch: pytest.MonkeyPatch, driver: FakeDriver | None, expected: Any) -> None:
     assert providers.visible_cuda_devices is cudart.visible_cuda_devices  # one device count in the package
-    if ctypes.util.find_library("cuda"):
-        assert providers.visible_cuda_devices() >= 0
+
+    def load(name: str) -> FakeDriver:
+        assert name == "libcuda.so.1"
+        if driver is None:
+            raise OSError(f"{name}: cannot open shared object file")
+        return driver
+
+    monkeypatch.setattr(cudart.ctypes, "CDLL", load)
+    if isinstance(expected, int):
+        assert cudart.visible_cuda_devices() == expected
     else:
-        with pytest.raises(ProviderUnavailableError, match="libcuda.so.1"):
-            providers.visible_cuda_devices()
+        with pytest.raises(ProviderUnavailableError, match=expected):
+            cudart.visible_cuda_devices()
+
+
+@pytest.mark.skipif(ctypes.util.find_library("cuda") is None, reason="no NVIDIA driver (libcuda) on this machine")
+def test_visible_cuda_devices_honours_cuda_visible_devices() -> None:
+    code = "from rerank_runtime.cudart import visible_cuda_devices; print(visible_cuda_devices())"
+    hidden = subprocess.run([sys.executable, "-c", code], env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert hidden.stdout.strip() == "0"
 
 
 @pytest.mark.parametrize("devices,expected", [

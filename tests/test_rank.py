@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from serve_util import NAN_CHAR, GatedBackend, gated_reranker
 
-from rerank_runtime.rerankers import FlagAutoReranker, _Reranker
+from rerank_runtime.rerankers import FlagAutoReranker, Reranker
 
 QUERY = "q"
 PASSAGES = ["aa", "b", "abc", "b", "zz"]  # "b" twice: a tie that must keep input order
@@ -71,7 +71,7 @@ def test_several_cutoff_layers_are_refused(exported):
 def test_the_reference_inherits_rank(checkpoint):
     from rerank_export import reference
 
-    assert reference.FlagReranker.rank is _Reranker.rank
+    assert reference.FlagReranker.rank is Reranker.rank
     ref = reference.FlagAutoReranker.from_finetuned(str(checkpoint("xlm_roberta")))
     scores = ref.compute_score([(QUERY, p) for p in PASSAGES])
     assert [x["score"] for x in ref.rank(QUERY, PASSAGES)] == sorted(scores, reverse=True)

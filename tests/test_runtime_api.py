@@ -26,18 +26,10 @@ from rerank_runtime import (
     ProviderUnavailableError,
     UnsupportedRequestError,
 )
-from rerank_runtime.tolerances import tolerance
-
-FP32 = tolerance("fp32", "cpu")
+from close import FP32, assert_close
+from rerank_runtime.front import backends_of
 FAMILIES = ("xlm_roberta", "gemma", "minicpm_layerwise", "gemma2_lightweight")
 PAIRS = parity_pairs()[:8]
-
-
-def assert_close(got: Any, want: Any, what: str) -> None:
-    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
-    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
-    diff = np.abs(got - want)
-    assert np.all(diff <= FP32.atol + FP32.rtol * np.abs(want)), f"{what}: max abs diff {diff.max():.3g}"
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +58,7 @@ def test_return_types(family, loaded):
     else:
         assert isinstance(many, list) and len(many) == exits
         assert all(isinstance(row, list) and len(row) == len(PAIRS) and all(type(x) is float for x in row)
-                   for row in many)  # fmt: skip
+                   for row in many)
     table = np.asarray(many)
     for i, pair in ((0, PAIRS[0]), (3, tuple(PAIRS[3]))):  # a pair as a list and as a tuple
         one = r.compute_score(pair)
@@ -133,7 +125,7 @@ def copy_export(src: Path, dst: Path) -> Path:
     ("model.onnx", ArtifactError, r"model file .*model\.onnx is missing"),
     ("manifest.json", ArtifactError, r"has no manifest\.json"),
     ("tokenizer.json", ArtifactError, r"tokenizer file .*tokenizer\.json is missing"),
-])  # fmt: skip
+])
 def test_missing_files(name, error, match, exported, tmp_path):
     broken = copy_export(exported("xlm_roberta"), tmp_path / "export")
     (broken / name).unlink()
@@ -167,17 +159,18 @@ def test_not_an_export(checkpoint, tmp_path):
     ([[None, "p"]], TypeError, r"sentence_pairs\[0\]\[0\] \(the query\) must be a str"),
     ([["q", "p"], None], TypeError, r"sentence_pairs\[1\] must be a \[query, passage\]"),
     (("q",), ValueError, r"sentence_pairs must hold exactly two"),
-])  # fmt: skip
+])
 def test_bad_pairs_name_the_index(pairs, error, match, loaded):
     with pytest.raises(error, match=match):
         loaded("gemma").compute_score(pairs)
 
 
 def test_unknown_keyword_arguments(exported, loaded):
-    with pytest.raises(TypeError, match=r"passage_max_length.*pass max_length instead"):
-        FlagReranker(str(exported("xlm_roberta")), passage_max_length=512)
+    assert FlagReranker(str(exported("xlm_roberta")), passage_max_length=512).passage_max_length == 512
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['passage_max_len'\]"):
+        FlagReranker(str(exported("xlm_roberta")), passage_max_len=512)
     with pytest.raises(TypeError, match="unexpected keyword"):
-        loaded("xlm_roberta").compute_score(PAIRS, passage_max_length=512)
+        loaded("xlm_roberta").compute_score(PAIRS, passage_max_length=512)  # a constructor argument only
     with pytest.raises(TypeError, match=r"does not take \['cutoff_layers'\]"):
         loaded("xlm_roberta").compute_score(PAIRS, cutoff_layers=[2])
     with pytest.raises(TypeError, match=r"does not take \['compress_ratio'\]"):
@@ -185,8 +178,12 @@ def test_unknown_keyword_arguments(exported, loaded):
 
 
 def test_use_fp16_against_an_fp32_artifact(exported):
-    with pytest.raises(UnsupportedRequestError, match=r"use_fp16=True but .* is a fp32 export"):
-        LayerWiseFlagLLMReranker(str(exported("minicpm_layerwise")), use_fp16=True)
+    """As FlagEmbedding on the CPU: use_fp16=True serves the export as it is, and one warning says so."""
+    with pytest.warns(UserWarning, match=r"use_fp16=True asks for fp16, but .* is a fp32 export .*: serving fp32. "
+                      r"For fp16, export it: `rerank-export --model \S+ --fp16 --output \S+-fp16`"):
+        halved = LayerWiseFlagLLMReranker(str(exported("minicpm_layerwise")), use_fp16=True, max_length=64)
+    plain = LayerWiseFlagLLMReranker(str(exported("minicpm_layerwise")), max_length=64)
+    assert halved.compute_score(PAIRS) == plain.compute_score(PAIRS)
 
 
 def test_cuda_provider_on_a_cpu_only_machine(exported):
@@ -237,7 +234,8 @@ def test_threads_share_one_reranker(family, exported):
 def test_two_cpu_sessions(exported, loaded):
     path = str(exported("gemma2_lightweight"))
     two = LightWeightFlagLLMReranker(path, devices=["cpu", "cpu"], max_length=64, batch_size=3)
-    assert two.backend.concurrency == 2 and len(two.backend.session_providers()) == 2
+    assert two.front.concurrency == 2
+    assert [b.session_providers() for b in backends_of(two.front.backend)] == [["CPUExecutionProvider"]] * 2
     one = LightWeightFlagLLMReranker(path, devices="cpu", max_length=64, batch_size=3)
     pairs = parity_pairs()
     want = one.compute_score(pairs)

@@ -1,6 +1,6 @@
 """The runtime (ONNX Runtime CPU on fp32 exports) is a drop-in FlagEmbedding replacement, on every kind.
 
-Layers, as style.md 6 asks:
+Layers:
 - scores vs the PyTorch reference (rerank_export.reference) at max_length 64 and 128, normalize on and off, layerwise
   one and several cutoffs from the all-heads export, lightweight with the export's baked settings;
 - scores vs FlagEmbedding 1.4.2 itself (the oracle, one process for all jobs);
@@ -13,6 +13,7 @@ Every comparison uses the one tolerance table (rerank_runtime.tolerances).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,13 @@ from rerank_export.families import REGISTRY
 from rerank_export.testing.pairs import parity_pairs
 from rerank_export.testing.recipes import RECIPES
 from rerank_export.testing.training import exit_layers
+from rerank_runtime.artifact import load_artifact
 from rerank_runtime.batching import pad_rows
+from rerank_runtime.front import FeedRecorder
 from rerank_runtime.kinds import get_kind
 from rerank_runtime.manifest import Manifest
-from rerank_runtime.tolerances import tolerance
-
-FP32 = tolerance("fp32", "cpu")
+from rerank_runtime.spec import Loaded
+from close import FP32, assert_close
 KIND = {name: family.model_class for name, family in REGISTRY.items()}
 FAMILIES = tuple(KIND)
 
@@ -47,14 +49,6 @@ SCENARIO_IDS = [f"{f}-{i}" for i, (f, _, _) in enumerate(SCENARIOS)]
 def baked(export_dir: Path) -> dict[str, Any]:
     """The compute_score arguments an export was built with (its manifest's defaults)."""
     return {k: v for k, v in Manifest.read(export_dir).defaults.items() if v is not None}
-
-
-def assert_close(got: Any, want: Any, what: str) -> None:
-    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
-    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
-    diff = np.abs(got - want)
-    bound = FP32.atol + FP32.rtol * np.abs(want)
-    assert np.all(diff <= bound), f"{what}: max abs diff {diff.max():.3g} over the fp32 tolerance {FP32}"
 
 
 def spread_guard(scores: np.ndarray) -> None:
@@ -111,7 +105,7 @@ def test_every_registered_family_has_scenarios():
 def oracle(checkpoint, reference_call):
     jobs = [{"checkpoint": str(checkpoint(f)), "model_class": KIND[f], "init": init,
              "call": reference_call(f, call), "pairs": parity_pairs(), "capture_ids": False}
-            for f, init, call in SCENARIOS]  # fmt: skip
+            for f, init, call in SCENARIOS]
     return run_oracle(jobs)
 
 
@@ -127,31 +121,16 @@ def test_scores_match_flagembedding(index, oracle, runtimes):
 # ---------------------------------------------------------------- 3. the same feeds
 
 
-class FeedRecorder:
-    """Wraps a backend and keeps a copy of every (request, feeds) it is given."""
-
-    concurrency = 1
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.calls: list[tuple[Any, dict[str, np.ndarray]]] = []
-
-    def check(self, request: Any) -> None:
-        self.inner.check(request)
-
-    def run(self, request: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        self.calls.append((request, {k: np.array(v, copy=True) for k, v in feeds.items()}))
-        return self.inner.run(request, feeds)
+def recording(loaded: Loaded, auto: Any, **init: Any) -> tuple[Any, FeedRecorder]:
+    """A reranker over `loaded` (auto: the runtime's or the reference's FlagAutoReranker) that records its batches."""
+    recorder = FeedRecorder(loaded.front)
+    return auto.from_loaded(replace(loaded, front=recorder), **init), recorder
 
 
-def recorded(reranker: Any, pairs: list[list[str]], **call: Any) -> list[tuple[Any, dict[str, np.ndarray]]]:
-    recorder = FeedRecorder(reranker._scorer.backend)
-    reranker._scorer.backend = recorder
-    try:
-        reranker.compute_score(pairs, **call)
-    finally:
-        reranker._scorer.backend = recorder.inner
-    return recorder.calls
+def recorded(reranker: Any, recorder: FeedRecorder, pairs: list[list[str]], **call: Any) -> list[Any]:
+    recorder.calls.clear()
+    reranker.compute_score(pairs, **call)
+    return list(recorder.calls)
 
 
 def real_rows(calls: list[tuple[Any, dict[str, np.ndarray]]]) -> list[list[int]]:
@@ -161,12 +140,13 @@ def real_rows(calls: list[tuple[Any, dict[str, np.ndarray]]]) -> list[list[int]]
 @pytest.mark.parametrize("family", FAMILIES)
 def test_both_backends_get_identical_feeds(family, exported, checkpoint, reference_call):
     init = {"max_length": 64, "batch_size": 5}
-    ours = runtime.FlagAutoReranker.from_finetuned(str(exported(family)), **init)
-    ref = reference.FlagAutoReranker.from_finetuned(str(checkpoint(family)), model_class=KIND[family], **init)
+    ours, mine = recording(load_artifact(exported(family)), runtime.FlagAutoReranker, **init)
+    ref, theirs = recording(reference.load_reference(str(checkpoint(family)), model_class=KIND[family]),
+                            reference.FlagAutoReranker, **init)
     pairs = parity_pairs()
     for call in ({}, {"query_max_length": 6}):
-        got = recorded(ours, pairs, **call)
-        want = recorded(ref, pairs, **reference_call(family, call))
+        got = recorded(ours, mine, pairs, **call)
+        want = recorded(ref, theirs, pairs, **reference_call(family, call))
         assert [r for r, _ in got] == [r for r, _ in want]
         assert len(got) == -(-len(pairs) // init["batch_size"])
         for (_, a), (_, b) in zip(got, want):
@@ -176,9 +156,9 @@ def test_both_backends_get_identical_feeds(family, exported, checkpoint, referen
         if RECIPES[family].export.get("compress_ratio", 1) > 1:
             assert any(name.startswith("compress_index") for name in got[0][1])
     # truncation bites at max_length 64 (the layout is longer than 64 for some pair), and the query cap changes ids
-    rows = real_rows(recorded(ours, pairs))
+    rows = real_rows(recorded(ours, mine, pairs))
     assert max(len(r) for r in rows) >= init["max_length"]
-    capped = real_rows(recorded(ours, pairs, query_max_length=6))
+    capped = real_rows(recorded(ours, mine, pairs, query_max_length=6))
     assert sum(len(r) for r in capped) < sum(len(r) for r in rows)
 
 
@@ -219,11 +199,11 @@ EITHER_SIDE = [f for f, k in KIND.items() if get_kind(k).default_prompt and not 
 
 
 @pytest.mark.parametrize("family", EITHER_SIDE)
-def test_padding_side_does_not_change_graph_outputs(family, runtimes):
-    r = runtimes(family, max_length=64, batch_size=8)
+def test_padding_side_does_not_change_graph_outputs(family, exported):
+    r, recorder = recording(load_artifact(exported(family)), runtime.FlagAutoReranker, max_length=64, batch_size=8)
     native = r.spec.padding_side  # the tokenizer's side, which compute_score uses for these kinds
     cutoffs = exit_layers(r.spec) if get_kind(r.spec.model_class).takes_cutoff else None  # every exit at once
-    calls = recorded(r, parity_pairs(), **({} if cutoffs is None else {"cutoff_layers": cutoffs}))
+    calls = recorded(r, recorder, parity_pairs(), **({} if cutoffs is None else {"cutoff_layers": cutoffs}))
     assert len(calls) == 3
     outputs: dict[str, list[np.ndarray]] = {"left": [], "right": []}
     for request, feeds in calls:
@@ -233,7 +213,7 @@ def test_padding_side_does_not_change_graph_outputs(family, runtimes):
             if side == native:  # re-padding on compute_score's own side rebuilds its feeds exactly
                 assert np.array_equal(ids, feeds["input_ids"]) and np.array_equal(mask, feeds["attention_mask"])
             assert not mask.all() and mask[:, -1 if side == "left" else 0].all()
-            outputs[side].append(np.stack(r._scorer.backend.run(request, {"input_ids": ids, "attention_mask": mask})))
+            outputs[side].append(np.stack(r.front.run(request, {"input_ids": ids, "attention_mask": mask})))
     left, right = np.concatenate(outputs["left"], axis=-1), np.concatenate(outputs["right"], axis=-1)
     assert left.shape == (1 if cutoffs is None else len(cutoffs), len(parity_pairs()))
     spread_guard(left)

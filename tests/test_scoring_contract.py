@@ -1,28 +1,24 @@
-"""The public classes end to end over a fake numpy Backend: kinds mapping, input errors, return contract, batching.
+"""The public classes end to end over a fake numpy front (spec.Front): kinds mapping, input errors, return contract,
+batching.
 
-The fake backend's score is a deterministic function of each row's real ids (after applying any compression plan),
-so sorting, padding side, order restoration, chunking, token budgets and concurrency are all checked exactly.
+The fake's score is a deterministic function of each row's real ids (after applying any compression plan), so
+sorting, padding side, order restoration, chunking, token budgets and concurrency are all checked exactly. Every
+instance is built with the public from_loaded.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-import time
 from typing import Any
 
 import numpy as np
 import pytest
 from char_tokenizer import NL, VOCAB, char_tokenizer, t
+from compression_twin import apply_plan, plan_mask
 
-from rerank_runtime.compression import apply_plan, plan_mask
-from rerank_runtime.errors import UnknownFamilyError, UnsupportedRequestError
-from rerank_runtime.kinds import (
-    KINDS,
-    auto_lookup_key,
-    build_request,
-    model_class_from_name,
-)
+from rerank_runtime.errors import UnsupportedRequestError
+from rerank_runtime.kinds import AUTO_RERANKER_MAPPING, KINDS, auto_lookup_key, build_request
 from rerank_runtime.rerankers import (
     FlagAutoReranker,
     FlagLLMReranker,
@@ -39,10 +35,10 @@ SPECS = {
     DECODER: ModelSpec(DECODER, pad_token_id=1, padding_side="left", bos_token_id=0),
     LAYERWISE: ModelSpec(LAYERWISE, pad_token_id=1, padding_side="left", bos_token_id=0, num_layers=6, start_layer=2),
     LIGHTWEIGHT: ModelSpec(LIGHTWEIGHT, pad_token_id=1, padding_side="left", bos_token_id=0, num_layers=6,
-                           start_layer=2),  # fmt: skip
+                           start_layer=2),
 }
 CLASSES = {ENCODER: FlagReranker, DECODER: FlagLLMReranker, LAYERWISE: LayerWiseFlagLLMReranker,
-           LIGHTWEIGHT: LightWeightFlagLLMReranker}  # fmt: skip
+           LIGHTWEIGHT: LightWeightFlagLLMReranker}
 
 
 def row_score(values: list[float], layer: int = 0, head: int = 0) -> float:
@@ -51,14 +47,17 @@ def row_score(values: list[float], layer: int = 0, head: int = 0) -> float:
 
 
 class FakeBackend:
-    def __init__(self, concurrency: int = 1, delay: float = 0.0) -> None:
+    """A spec.Front whose scores are row_score of each row's real ids. meet=N: the first N runs wait for each other
+    (a barrier, bounded by a hang guard), so they are provably in flight together."""
+
+    def __init__(self, concurrency: int = 1, meet: int = 0) -> None:
         self.concurrency = concurrency
-        self.delay = delay
         self.lock = threading.Lock()
         self.events: list[str] = []
         self.feeds: list[dict[str, np.ndarray]] = []
         self.inflight = 0
         self.max_inflight = 0
+        self.barrier = threading.Barrier(meet, timeout=30) if meet else None
 
     def check(self, request: GraphRequest) -> None:
         with self.lock:
@@ -70,8 +69,10 @@ class FakeBackend:
             self.feeds.append(feeds)
             self.inflight += 1
             self.max_inflight = max(self.max_inflight, self.inflight)
+            waits = self.barrier is not None and len(self.feeds) <= self.barrier.parties
         try:
-            time.sleep(self.delay)
+            if waits:
+                self.barrier.wait()  # BrokenBarrierError if fewer runs are ever in flight together
             return self._scores(request, feeds)
         finally:
             with self.lock:
@@ -88,19 +89,18 @@ class FakeBackend:
                     w = feeds[f"compress_weight_{k}"]
                     h, m = apply_plan(h, feeds[f"compress_index_{k}"], w.astype(np.float64)), plan_mask(w)
             outs.append(np.array([row_score(list(h[b, m[b] == 1, 0]), layer, head) for b in range(len(ids))],
-                                 dtype=np.float32))  # fmt: skip
+                                 dtype=np.float32))
         return outs
 
 
+def bundle(model_class: str, backend: FakeBackend | None = None, defaults: dict[str, Any] | None = None,
+           spec: ModelSpec | None = None) -> Loaded:
+    return Loaded(spec or SPECS[model_class], char_tokenizer(), backend or FakeBackend(), defaults or {})
+
+
 def make(model_class: str, backend: FakeBackend | None = None, defaults: dict[str, Any] | None = None,
-         spec: ModelSpec | None = None, **kwargs: Any) -> Any:  # fmt: skip
-    loaded = Loaded(spec or SPECS[model_class], char_tokenizer(), backend or FakeBackend(), defaults or {})
-
-    class Testing(CLASSES[model_class]):  # type: ignore[misc, valid-type]
-        def _load(self, model_name_or_path: str, **_: Any) -> Loaded:
-            return loaded
-
-    return Testing("tiny", **kwargs)
+         spec: ModelSpec | None = None, **kwargs: Any) -> Any:
+    return CLASSES[model_class].from_loaded(bundle(model_class, backend, defaults, spec), "tiny", **kwargs)
 
 
 def enc_ids(q: str, p: str) -> list[int]:
@@ -158,7 +158,7 @@ def test_lightweight_layer_sep_and_cutoff_types() -> None:
 )
 def test_compression_stages(cutoff: Any, ratio: int, layers: Any, want: tuple[int, tuple[int, ...]]) -> None:
     request = build_request(KINDS[LIGHTWEIGHT], SPECS[LIGHTWEIGHT], cutoff_layers=cutoff, compress_ratio=ratio,
-                            compress_layers=layers)  # fmt: skip
+                            compress_layers=layers)
     assert (request.compress_ratio, request.compress_layers) == want
 
 
@@ -178,24 +178,19 @@ def test_single_score_kinds_have_no_exits() -> None:
 def test_auto_mapping() -> None:
     assert auto_lookup_key("/models/bge-reranker-v2-m3") == "bge-reranker-v2-m3"
     assert auto_lookup_key("/runs/bge-reranker-v2-gemma/checkpoint-500") == "bge-reranker-v2-gemma"
-    assert model_class_from_name("x/bge-reranker-v2.5-gemma2-lightweight") == LIGHTWEIGHT
-    assert model_class_from_name("BAAI/bge-reranker-v2-minicpm-layerwise") == LAYERWISE
-    with pytest.raises(UnknownFamilyError, match="model_class"):
-        model_class_from_name("my-reranker")
+    assert AUTO_RERANKER_MAPPING[auto_lookup_key("x/bge-reranker-v2.5-gemma2-lightweight")][0] == LIGHTWEIGHT
+    assert AUTO_RERANKER_MAPPING[auto_lookup_key("BAAI/bge-reranker-v2-minicpm-layerwise")][0] == LAYERWISE
+    assert auto_lookup_key("my-reranker") not in AUTO_RERANKER_MAPPING
 
 
 def test_auto_reranker_factory() -> None:
-    class Auto(FlagAutoReranker):
-        _classes = {kind: type(make(kind)) for kind in CLASSES}
-
-        @classmethod
-        def _detect_model_class(cls, model_name_or_path: str) -> str:
-            return DECODER
-
-    assert isinstance(Auto.from_finetuned("tiny", model_class="decoder-only-layerwise"), LayerWiseFlagLLMReranker)
-    assert isinstance(Auto.from_finetuned("tiny", batch_size=4), FlagLLMReranker)
+    layerwise = FlagAutoReranker.from_finetuned("tiny", model_class="decoder-only-layerwise", loaded=bundle(LAYERWISE))
+    assert type(layerwise) is LayerWiseFlagLLMReranker
+    assert type(FlagAutoReranker.from_loaded(bundle(DECODER), batch_size=4)) is FlagLLMReranker  # the spec's class
+    with pytest.raises(UnsupportedRequestError, match="decoder-only-base"):  # a class that cannot score the bundle
+        FlagAutoReranker.from_finetuned("tiny", model_class=ENCODER, loaded=bundle(DECODER))
     with pytest.raises(ValueError, match="encoder-only-base"):
-        Auto.from_finetuned("tiny", model_class="encoder")
+        FlagAutoReranker.from_finetuned("tiny", model_class="encoder")
     with pytest.raises(EnvironmentError):
         FlagAutoReranker()
 
@@ -233,7 +228,10 @@ def test_input_errors(pairs: Any, err: type[Exception], match: str) -> None:
         ({"chunk_size": 0}, ValueError, "chunk_size"),
         ({"max_batch_tokens": 0}, ValueError, "max_batch_tokens"),
         ({"normalize": "yes"}, TypeError, "normalize"),
-        ({"passage_max_length": 512}, TypeError, "pass max_length instead"),
+        ({"passage_max_length": 0}, ValueError, "passage_max_length"),
+        ({"reranker_batch_size": 0}, ValueError, "reranker_batch_size"),
+        ({"reranker_batch_size": 8, "batch_size": 16}, ValueError, "disagree"),
+        ({"passage_max_lenght": 512}, TypeError, "unexpected keyword"),
         ({"use_bf16": True}, TypeError, "only FlagLLMReranker"),
         ({"cutoff_layers": [4]}, TypeError, "LayerWiseFlagLLMReranker, LightWeightFlagLLMReranker"),
         ({"foo": 1}, TypeError, r"accepted: \[.*'max_length'"),
@@ -242,6 +240,25 @@ def test_input_errors(pairs: Any, err: type[Exception], match: str) -> None:
 def test_constructor_errors(kwargs: dict[str, Any], err: type[Exception], match: str) -> None:
     with pytest.raises(err, match=match):
         make(ENCODER, **kwargs)
+
+
+def test_flagembedding_workflow_arguments_are_accepted(recwarn: pytest.WarningsChecker) -> None:
+    """passage_max_length is stored and changes nothing (FlagEmbedding 1.4.2 never reads it); reranker_batch_size is
+    the batch size (FlagEmbedding's evaluation name for it)."""
+    backend = FakeBackend()
+    pairs = [("q", "p" * n) for n in range(1, 8)]
+    plain = make(ENCODER, backend=backend, max_length=6).compute_score(pairs)
+    sized = make(ENCODER, backend=backend, max_length=6, passage_max_length=512, reranker_batch_size=3)
+    assert not recwarn.list  # the default value: nothing to say
+    assert sized.passage_max_length == 512 and sized.batch_size == 3
+    backend.feeds.clear()
+    assert sized.compute_score(pairs) == plain
+    assert [len(f["input_ids"]) for f in backend.feeds] == [3, 3, 1]
+    with pytest.warns(UserWarning, match=r"passage_max_length=77 has no effect.*max_length \(now 6\)"):
+        other = make(ENCODER, backend=backend, max_length=6, passage_max_length=77)
+    assert other.compute_score(pairs) == plain  # passages are still cut at max_length
+    make(ENCODER, passage_max_length=77)  # warned once per value
+    assert not [w for w in recwarn.list if "passage_max_length" in str(w.message)]
 
 
 def test_peft_path_and_class_mismatch_and_bad_instance_cutoff() -> None:
@@ -351,9 +368,9 @@ def test_token_budget() -> None:
 
 
 def test_concurrency_keeps_batches_in_flight() -> None:
-    backend = FakeBackend(concurrency=3, delay=0.02)
+    backend = FakeBackend(concurrency=3, meet=3)  # the first three batches run only once all three are in flight
     assert make(ENCODER, backend, batch_size=2).compute_score(PAIRS) == EXPECTED
-    assert 2 <= backend.max_inflight <= 3
+    assert backend.max_inflight == 3  # never more than the front's concurrency
 
 
 def test_concurrent_calls_from_threads() -> None:
@@ -394,7 +411,7 @@ def compress_row(values: list[float], ql: int, pl: int, r: int) -> list[float]:
 def test_lightweight_compression_end_to_end() -> None:
     prompt = "ok?"
     r = make(LIGHTWEIGHT, FakeBackend(), batch_size=4, cutoff_layers=[3, 6], compress_ratio=3,
-             compress_layers=[2, 4], prompt=prompt, max_length=40)  # fmt: skip
+             compress_layers=[2, 4], prompt=prompt, max_length=40)
     got = r.compute_score(PAIRS[:9])
     for i, (q, p) in enumerate(PAIRS[:9]):
         query = [0] + t("A: " + q) + NL  # max_length 40: nothing is truncated
@@ -465,11 +482,26 @@ def test_non_finite_policy_is_checked_in_constructor_and_call() -> None:
         poisoned().compute_score(POISON_PAIRS[:2], non_finite="zero")
 
 
+def test_token_lengths_count_the_ids_compute_score_feeds() -> None:
+    backend = FakeBackend()
+    r = make(DECODER, backend, max_length=6, batch_size=100)
+    r.compute_score(PAIRS)
+    fed = sorted(int(mask.sum()) for feeds in backend.feeds for mask in feeds["attention_mask"])
+    cut = r.token_lengths(PAIRS)
+    assert cut.dtype == np.int64 and sorted(cut) == fed
+    full = r.token_lengths(PAIRS, truncate=False)  # nothing cut: what max_length=6 cuts shows as longer
+    assert (full >= cut).all() and (full > cut).any()
+    assert (r.token_lengths(PAIRS, max_length=200, query_max_length=200) == full).all()
+    assert (r.token_lengths(PAIRS, prompt="Yes?") < r.token_lengths(PAIRS)).all()  # the prompt is counted
+    with pytest.raises(TypeError, match="prompt"):
+        make(ENCODER).token_lengths(PAIRS, prompt="x")
+
+
 def test_from_loaded_is_the_public_constructor_over_a_bundle() -> None:
     backend = FakeBackend()
     loaded = Loaded(SPECS[DECODER], char_tokenizer(), backend, {})
     reranker = FlagAutoReranker.from_loaded(loaded, batch_size=3)
-    assert type(reranker) is FlagLLMReranker and reranker.batch_size == 3 and reranker.backend is backend
+    assert type(reranker) is FlagLLMReranker and reranker.batch_size == 3 and reranker.front is backend
     assert reranker.compute_score(PAIRS[:4]) == make(DECODER, batch_size=3).compute_score(PAIRS[:4])
     with pytest.raises(TypeError, match="Loaded bundle"):
         FlagReranker.from_loaded(object())  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ pytest.importorskip("starlette", reason="the serve extra is not installed")
 cohere = pytest.importorskip("cohere")
 
 from rerank_runtime import FlagAutoReranker  # noqa: E402
+from rerank_runtime.manifest import Manifest  # noqa: E402
 from rerank_serve.app import create_app  # noqa: E402
 from rerank_serve.model import load  # noqa: E402
 from rerank_serve.scheduler import LocalEngine  # noqa: E402
@@ -74,7 +75,7 @@ def test_tei_route_raw_and_sigmoid_scores(server, offline):
     raw, normed = offline(DOCS), offline(DOCS, normalize=True)
     for raw_scores, want in ((True, raw), (False, normed)):
         r = httpx.post(server.url + "/rerank", headers=auth(),
-                       json={"query": QUERY, "texts": DOCS, "raw_scores": raw_scores, "return_text": True})  # fmt: skip
+                       json={"query": QUERY, "texts": DOCS, "raw_scores": raw_scores, "return_text": True})
         assert r.status_code == 200, r.text
         body = r.json()
         assert [x["index"] for x in body] == expected_order(want)
@@ -110,11 +111,12 @@ def test_cohere_v1_client_with_documents(server, offline):
     assert len(plain.results) == 1 and plain.results[0].document is None
 
 
-def test_jina_style_v1_request_has_usage_and_model(server):
+def test_jina_style_v1_request_has_usage_and_model(server, encoder):
     r = httpx.post(server.url + "/v1/rerank", headers=auth(),
-                   json={"model": "jina-reranker", "query": QUERY, "documents": DOCS[:2]})  # fmt: skip
+                   json={"model": "jina-reranker", "query": QUERY, "documents": DOCS[:2]})
     body = r.json()
-    assert body["model"] == "tiny-xlm-roberta" and body["usage"]["total_tokens"] > 0
+    assert body["model"] == Manifest.read(encoder).model_name  # the export's name (no --model-name given)
+    assert body["model"].startswith("tiny-xlm-roberta") and body["usage"]["total_tokens"] > 0
     assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"]
     assert all(x["document"]["text"] == DOCS[x["index"]] for x in body["results"])  # Jina's default: documents back
 
@@ -135,7 +137,7 @@ def test_jina_style_v1_request_has_usage_and_model(server):
     ("/v2/rerank", {"query": QUERY, "documents": ["a"], "surprise": 1}, "`surprise`"),
     ("/v2/rerank", {"query": QUERY, "documents": ["a"], "cutoff_layer": 2}, "`cutoff_layer`"),
     ("/v2/rerank", [1, 2], "JSON object"),
-])  # fmt: skip
+])
 def test_422_names_the_field(server, route, body, field):
     r = httpx.post(server.url + route, headers=auth(), json=body)
     assert r.status_code == 422, r.text
@@ -166,7 +168,7 @@ def test_truncate_false_refuses_exactly_the_pairs_the_model_would_cut(encoder):
         ok = httpx.post(server.url + "/rerank", json={"query": QUERY, "texts": ["short"], "truncate": False})
         assert ok.status_code == 200
         refused = httpx.post(server.url + "/rerank", json={"query": QUERY, "texts": ["short", long_doc],
-                                                           "truncate": False})  # fmt: skip
+                                                           "truncate": False})
         assert refused.status_code == 413 and "texts[1]" in refused.json()["error"]
         assert "max_length of 512" in refused.json()["error"]
         cut = httpx.post(server.url + "/rerank", json={"query": QUERY, "texts": [long_doc], "raw_scores": True})
@@ -178,7 +180,7 @@ def test_truncate_false_refuses_exactly_the_pairs_the_model_would_cut(encoder):
 def test_401_for_a_missing_or_wrong_key(server):
     assert httpx.post(server.url + "/rerank", json={"query": QUERY, "texts": ["a"]}).status_code == 401
     wrong = httpx.post(server.url + "/rerank", json={"query": QUERY, "texts": ["a"]},
-                       headers={"Authorization": "Bearer nope"})  # fmt: skip
+                       headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and wrong.json()["error_type"] == "unauthorized"
     assert wrong.headers["www-authenticate"] == "Bearer"
     with pytest.raises(cohere.errors.UnauthorizedError):
@@ -194,6 +196,7 @@ def test_info_and_metrics(server):
     assert info["model_class"] == "encoder-only-base" and info["precision"] == "fp32" and info["provider"] == "cpu"
     assert info["max_length"] == 512 and info["exits"] == [] and info["auth"] is True
     assert "onnxruntime" in info["versions"] and "api_key" not in info["limits"]
+    assert info["verification"]["passed"] is True and info["engine"] is None  # what the manifest records
     httpx.post(server.url + "/rerank", headers=auth(), json={"query": QUERY, "texts": DOCS[:2]})
     text = httpx.get(server.url + "/metrics").text
     for series in ("rerank_requests_total", "rerank_request_duration_seconds_bucket", "rerank_queue_wait_seconds",
@@ -222,7 +225,7 @@ def test_cutoff_layer_picks_an_exported_exit(exported, family):
         for layer in info["cutoff_layers"]:
             want = reranker.compute_score_array(pairs, cutoff_layers=[layer])
             got = httpx.post(server.url + "/rerank", json={"query": QUERY, "texts": DOCS[:3], "raw_scores": True,
-                                                           "cutoff_layer": layer}).json()  # fmt: skip
+                                                           "cutoff_layer": layer}).json()
             assert {x["index"]: x["score"] for x in got} == pytest.approx(dict(enumerate(want)), abs=1e-6)
         refused = httpx.post(server.url + "/rerank", json={"query": QUERY, "texts": ["a"], "cutoff_layer": 99})
         assert refused.status_code == 422 and str(info["cutoff_layers"]) in refused.json()["error"]
@@ -239,13 +242,13 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(encoder):
     # a 1.5 s batch window keeps the requests pending when SIGTERM arrives
     proc = subprocess.Popen([sys.executable, "-m", "rerank_serve.cli", str(encoder), "--port", str(port),
                              "--max-batch-wait-ms", "1500", "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: _get(url + "/ready") == 200, 120, "the subprocess to be ready")
         out: dict[int, Any] = {}
         threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, httpx.post(
             url + "/rerank", json={"query": QUERY, "texts": DOCS[i : i + 2], "raw_scores": True}, timeout=60)))
-            for i in range(4)]  # fmt: skip
+            for i in range(4)]
         for t in threads:
             t.start()
         wait_for(lambda: _queued(url) >= 8, 30, "8 pairs to be pending")
@@ -282,10 +285,10 @@ def _queued(url: str) -> float:
 
 def test_cli_refuses_a_missing_export_with_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rerank_serve.cli", str(tmp_path / "nope")], capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+                          text=True, timeout=60)
     assert proc.returncode == 2 and "no export directory" in proc.stderr
     bad = subprocess.run([sys.executable, "-m", "rerank_serve.cli", str(tmp_path), "--max-queue", "0"],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+                         capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "max_queue" in bad.stderr
 
 

@@ -34,7 +34,7 @@ def serve_fake(backend: GatedBackend, **limits: Any) -> tuple[ServerThread, Any]
 
 
 def post_in_thread(url: str, body: dict[str, Any], out: dict[str, Any], key: str, timeout: float = 60.0,
-                   path: str = "/rerank") -> threading.Thread:  # fmt: skip
+                   path: str = "/rerank") -> threading.Thread:
     def go() -> None:
         try:
             out[key] = httpx.post(url + path, json=body, timeout=timeout)
@@ -136,7 +136,7 @@ def test_a_client_that_disconnects_has_its_pending_pairs_dropped():
         assert h.out["blocker"].status_code == 200
         assert sum(h.backend.batches) == rows_before + 1  # only the blocker's pair ever reached the model
         wait_for(lambda: h.server.metric("rerank_requests_total", {"route": "/rerank", "status": "499"}) == 1,
-                 what="the disconnect to be recorded as 499")  # fmt: skip
+                 what="the disconnect to be recorded as 499")
 
 
 def test_a_full_queue_answers_429_with_retry_after():

@@ -44,7 +44,7 @@ def ray_server(exported, tmp_path_factory):
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "rerank_serve.cli", str(export_dir), "--ray", "--replicas", "2",
                                  "--cpus-per-replica", "0.5", "--port", str(port), "--log-level", "warning"],
-                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+                                stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: _started(log) or _died(proc, log), 240, "Ray Serve to start")
         yield {"url": f"http://127.0.0.1:{port}", "proc": proc, "export": export_dir, "log": log}
@@ -99,7 +99,7 @@ def test_same_answers_as_the_embedded_server(ray_server):
         for route, body in (("/rerank", {"query": QUERIES[0], "texts": DOCS[3], "raw_scores": True}),
                             ("/rerank", {"query": QUERIES[1], "texts": DOCS[1], "return_text": True}),
                             ("/v1/rerank", {"query": QUERIES[2], "documents": DOCS[2], "top_n": 2}),
-                            ("/v2/rerank", {"model": "m", "query": QUERIES[3], "documents": DOCS[3]})):  # fmt: skip
+                            ("/v2/rerank", {"model": "m", "query": QUERIES[3], "documents": DOCS[3]})):
             on_ray = httpx.post(ray_server["url"] + route, json=body, timeout=60)
             local = httpx.post(embedded.url + route, json=body, timeout=60)
             assert on_ray.status_code == local.status_code == 200, on_ray.text
@@ -121,7 +121,6 @@ def test_a_killed_replica_is_replaced_and_no_request_is_lost_or_wrong(ray_server
     before = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(_model_replicas(root)), 30, "2 replicas")
     outcomes: Counter[str] = Counter()
     problems: list[str] = []
-    finished: list[float] = []
     lock = threading.Lock()
     deadline = time.monotonic() + LOAD_SECONDS
 
@@ -139,7 +138,6 @@ def test_a_killed_replica_is_replaced_and_no_request_is_lost_or_wrong(ray_server
                     outcome, problem = _judge(r, expected[i])
                 with lock:
                     outcomes[outcome] += 1
-                    finished.append(time.monotonic())
                     if problem:
                         problems.append(problem)
 
@@ -148,17 +146,18 @@ def test_a_killed_replica_is_replaced_and_no_request_is_lost_or_wrong(ray_server
         t.start()
     wait_for(lambda: sum(outcomes.values()) >= 10, 60, "the load to get going")
     victim = before[0]
-    os.kill(victim, signal.SIGKILL)  # a crash, as an OOM kill or a segfault would be
-    killed_at = time.monotonic()
+    with lock:
+        os.kill(victim, signal.SIGKILL)  # a crash, as an OOM kill or a segfault would be
+        answered_before_kill = sum(outcomes.values())
     for t in threads:
         t.join(LOAD_SECONDS + 60)
     print(f"outcomes with one replica killed under load: {dict(outcomes)}")
     assert not problems, problems[:5]
     assert outcomes["ok"] > 0 and outcomes["ok"] + outcomes["retriable"] == sum(outcomes.values())
     assert sum(outcomes.values()) == CLIENTS * REQUESTS_PER_CLIENT  # bounded in count: every request answered
-    assert sum(t > killed_at for t in finished) >= CLIENTS * REQUESTS_PER_CLIENT // 2  # the kill came under load
+    assert answered_before_kill <= CLIENTS * REQUESTS_PER_CLIENT // 2  # the kill came under load: most came after
     after = wait_for(lambda: (lambda r: r if len(r) == 2 and victim not in r else None)(_model_replicas(root)), 120,
-                     "Ray Serve to replace the killed replica")  # fmt: skip
+                     "Ray Serve to replace the killed replica")
     assert victim not in after
     for i in range(len(QUERIES)):  # the replacement serves correct answers
         outcome, problem = _judge(httpx.post(url + "/rerank", json={"query": QUERIES[i], "texts": DOCS[i],

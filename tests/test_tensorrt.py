@@ -1,18 +1,21 @@
 """Native TensorRT engines: planning, manifest recording and load checks on CPU; build and parity on a GPU (trt).
 
 The run/capture/replay plumbing against fake TensorRT is in test_gpu_trt_fake.py. The trt-marked tests here build
-real engines for tiny ONNX graphs written with onnx.helper (no torch) and compare them with ONNX Runtime CPU; they
-need TensorRT and a GPU and have not run yet: `pytest -q -m trt tests/test_tensorrt.py` on a GPU machine.
+real engines for the tiny export (tests/tiny_export.py: onnx.helper, no torch) and compare them with ONNX Runtime CPU;
+they need TensorRT and a GPU and have not run yet: `pytest -q -m trt tests/test_tensorrt.py` on a GPU machine.
+Every manifest here is one the schema accepts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +25,29 @@ import pytest
 from rerank_export import tensorrt_build as tb
 from rerank_runtime import trt_backend as tbe
 from gpu_env import why_no_gpu
-from rerank_runtime.errors import (ArtifactError, EngineError, ManifestMismatchError, MissingDependencyError,
-                                   UnsupportedRequestError)
+from rerank_runtime.errors import (ArtifactError, EngineError, ExportError, MissingDependencyError, UnsupportedRequestError)
+from rerank_runtime.front import GraphFront, ServedGraph
+from rerank_runtime.manifest import Manifest
 from rerank_runtime.providers import DEFAULT_MAX_BATCH
-from rerank_runtime.spec import DECODER, ENCODER, LAYERWISE, LIGHTWEIGHT, GraphRequest
-from trt_fixtures import HIDDEN, VOCAB, make_manifest, ort_cpu, save_export, tiny_feeds, tiny_onnx, write_export
+from rerank_runtime.spec import ENCODER, LAYERWISE, LIGHTWEIGHT, GraphRequest
+from tiny_export import expected, ort_cpu, tiny_export, tiny_feeds, tiny_manifest
+
+REPO = Path(__file__).resolve().parent.parent  # install hints name the clone the package runs from
 
 B = DEFAULT_MAX_BATCH  # the default largest batch of every profile
+
+
+def make_manifest(kind: str = ENCODER, *, max_sequence_length: int = 512, compress_layers: tuple[int, ...] = (2, 4),
+                  precision: str = "fp32") -> Manifest:
+    """The tiny artifact's manifest at these sizes (compression only for the lightweight kind)."""
+    return tiny_manifest(kind, compress_layers=compress_layers if kind == LIGHTWEIGHT else (), precision=precision,
+                         max_length=max_sequence_length - 16, max_sequence_length=max_sequence_length)
+
+
+def engine_export(path: Path, kind: str = ENCODER, precision: str = "fp32") -> Manifest:
+    """The tiny artifact on disk, sized as the engine tests want it (one compression stage when lightweight)."""
+    return tiny_export(path, model_class=kind, compress_layers=(2,) if kind == LIGHTWEIGHT else (),
+                       precision=precision, external=True, max_length=284, max_sequence_length=300)
 
 # ---------------------------------------------------------------------------------------------------------------
 # plan_profiles
@@ -49,7 +68,7 @@ def test_layerwise_profiles_follow_options() -> None:
 
 
 def test_lightweight_profiles_bound_compressed_inputs_by_the_bucket() -> None:
-    profiles = tb.plan_profiles(make_manifest(LIGHTWEIGHT, ratio=2, compress_layers=(2, 4)), tb.EngineOptions())
+    profiles = tb.plan_profiles(make_manifest(LIGHTWEIGHT, compress_layers=(2, 4)), tb.EngineOptions())
     last = profiles[-1]
     assert set(last.shapes) == {"input_ids", "attention_mask", "compress_index_0", "compress_weight_0",
                                 "compress_index_1", "compress_weight_1"}
@@ -58,21 +77,9 @@ def test_lightweight_profiles_bound_compressed_inputs_by_the_bucket() -> None:
     assert profiles[0].shapes["compress_index_0"][2] == (B, 64, 2)
 
 
-def test_lightweight_with_ratio_one_has_token_inputs_only() -> None:
-    manifest = make_manifest(LIGHTWEIGHT, ratio=1, compress_layers=())
-    manifest["compress_layers"] = [8]  # ratio 1 runs no stage, whatever the layers say
+def test_lightweight_without_compression_has_token_inputs_only() -> None:
+    manifest = make_manifest(LIGHTWEIGHT, compress_layers=())
     assert set(tb.plan_profiles(manifest, tb.EngineOptions())[0].shapes) == {"input_ids", "attention_mask"}
-
-
-def test_plan_rejects_inputs_that_disagree_with_compression() -> None:
-    manifest = make_manifest(LIGHTWEIGHT, ratio=2, compress_layers=(2,))
-    manifest["compress_layers"] = [2, 4]
-    with pytest.raises(ManifestMismatchError, match="compress_index_1"):
-        tb.plan_profiles(manifest, tb.EngineOptions())
-    manifest = make_manifest(LIGHTWEIGHT, ratio=2, compress_layers=(2,))
-    manifest["graph"]["inputs"][2]["shape"] = ["batch", "compressed_2", 3]
-    with pytest.raises(ManifestMismatchError, match=r"compress_index_0 has shape .*\[batch, compressed, 2\]"):
-        tb.plan_profiles(manifest, tb.EngineOptions())
 
 
 @pytest.mark.parametrize(("max_length", "buckets", "expected"), [
@@ -90,12 +97,12 @@ def test_length_buckets(max_length: int, buckets: tuple[int, ...] | None, expect
 
 
 def test_buckets_beyond_max_length_are_refused() -> None:
-    with pytest.raises(UnsupportedRequestError, match=r"\[256\] exceed max_length 128"):
+    with pytest.raises(ExportError, match=r"\[256\] exceed max_length 128"):
         tb.length_buckets(128, (64, 256))
 
 
 def test_max_length_beyond_the_artifact_is_refused() -> None:
-    with pytest.raises(UnsupportedRequestError, match="exceeds the artifact's max_sequence_length 512"):
+    with pytest.raises(ExportError, match="exceeds the artifact's max_sequence_length 512"):
         tb.plan_profiles(make_manifest(ENCODER), tb.EngineOptions(max_length=1024))
 
 
@@ -111,55 +118,73 @@ def test_max_length_beyond_the_artifact_is_refused() -> None:
     ({"max_batch_size": True}, "max_batch_size"),
 ])
 def test_options_validation(kwargs: dict[str, Any], field: str) -> None:
-    with pytest.raises(UnsupportedRequestError, match=f"EngineOptions.{field} must be"):
+    with pytest.raises(ExportError, match=f"EngineOptions.{field} must be"):
         tb.EngineOptions(**kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # recording in manifest.json and checking before loading
 
-def fake_record(profiles: list[tbe.Profile], **changes: Any) -> tb.EngineRecord:
+def fake_record(profiles: tuple[tbe.Profile, ...], **changes: Any) -> tbe.EngineRecord:
     values: dict[str, Any] = dict(
         tensorrt_version="10.12.0.36", gpu_name="NVIDIA L4", compute_capability="8.9", profiles=profiles,
-        max_batch_size=32, max_length=profiles[-1].max_length, engine_bytes=11, engine_sha256="ab" * 32,
-        precision="fp16", precision_handling="strongly typed", strongly_typed=True, tf32=False,
-        builder_optimization_level=3, workspace_bytes=None, timing_cache="timing.cache", timing_cache_reused=False,
-        build_seconds=12.5)
+        engine_bytes=11, engine_sha256="ab" * 32, precision_handling="strongly typed", strongly_typed=True,
+        tf32=False, builder_optimization_level=3)
     values.update(changes)
-    return tb.EngineRecord(**values)
+    return tbe.EngineRecord(**values)
 
 
-def test_record_engine_round_trips_and_keeps_the_rest(tmp_path: Path) -> None:
-    manifest = make_manifest(LIGHTWEIGHT)
-    export = write_export(tmp_path / "exp", manifest)
-    profiles = tb.plan_profiles(manifest, tb.EngineOptions(max_batch_size=4))
-    tb.record_engine(export, fake_record(profiles).to_section())
+def test_an_engine_record_round_trips_through_the_manifest_and_keeps_the_rest(tmp_path: Path) -> None:
+    manifest = tiny_export(tmp_path / "exp", model_class=LIGHTWEIGHT, compress_layers=(2,), max_length=284,
+                           max_sequence_length=300)
+    export = tmp_path / "exp"
+    record = fake_record(tb.plan_profiles(manifest, tb.EngineOptions(max_batch_size=4)))
+    manifest.with_engine(record).write(export)
     text = (export / "manifest.json").read_text()
-    written = json.loads(text)
-    assert text == json.dumps(written, indent=2, sort_keys=True) + "\n"
-    assert {k: v for k, v in written.items() if k != "tensorrt"} == {k: v for k, v in manifest.items()
-                                                                     if k != "tensorrt"}
-    section = tbe.engine_section(written, export)
-    assert section["engine_file"] == "model.engine" and section["build_seconds"] == 12.5
-    assert tbe.profiles_from_section(section) == profiles
-    tbe.check_engine_compatibility(section, tensorrt_version="10.12.0.36", compute_capability="8.9",
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
+    written = Manifest.read(export)
+    assert written.tensorrt == record and written == manifest.with_engine(record)
+    assert json.loads(text)["tensorrt"]["profiles"][0]["shapes"]["compress_index_0"]["max"] == [4, 64, 2]
+    tbe.check_engine_compatibility(record, tensorrt_version="10.12.0.36", compute_capability="8.9",
                                    gpu_name="NVIDIA L4", export_dir=export)
-    assert sorted(p.name for p in export.iterdir()) == ["manifest.json"]  # no temporary file left
+    assert sorted(p.name for p in export.iterdir()) == ["manifest.json", "model.onnx", "tokenizer.json"]  # no tmp
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda t: t.pop("engine_sha256"), "'tensorrt.engine_sha256' is missing"),
+    (lambda t: t.update(build_seconds=1.0), r"unknown field\(s\) \['build_seconds'\] in 'tensorrt.'"),
+    (lambda t: t.update(engine_file="../model.engine"), "'tensorrt.engine_file' must be a file name"),
+    (lambda t: t.update(strongly_typed="yes"), "'tensorrt.strongly_typed' must be true or false"),
+    (lambda t: t.update(profiles=[]), "'tensorrt.profiles' must be a non-empty list"),
+    (lambda t: t["profiles"][0].update(index=3), "numbered 0, 1, ... in order"),
+    (lambda t: t["profiles"][0].update(min_length=65), r"'tensorrt.profiles\[0\].max_length' must be at least"),
+    (lambda t: t["profiles"][0]["shapes"].pop("attention_mask"), r"profiles\[0\].shapes' must give"),
+    (lambda t: t["profiles"][0]["shapes"]["input_ids"].update(opt=[200, 64]), "min <= opt <= max"),
+    (lambda t: t["profiles"][-1].update(max_length=513), r"'tensorrt.profiles\[3\].max_length' \(513\) is beyond"),
+])
+def test_the_schema_refuses_a_broken_engine_record(tmp_path: Path, edit: Any, match: str) -> None:
+    manifest = tiny_export(tmp_path, max_length=496, max_sequence_length=512)
+    data = manifest.with_engine(fake_record(tb.plan_profiles(manifest, tb.EngineOptions()))).to_dict()
+    edit(data["tensorrt"])
+    with pytest.raises(ArtifactError, match=match):
+        Manifest.from_dict(data)
 
 
 def test_failed_manifest_write_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    export = write_export(tmp_path / "exp", make_manifest(ENCODER))
+    manifest = engine_export(tmp_path / "exp")
+    export = tmp_path / "exp"
     before = (export / "manifest.json").read_bytes()
-    section = fake_record(tb.plan_profiles(make_manifest(ENCODER), tb.EngineOptions())).to_section()
+    files = sorted(p.name for p in export.iterdir())
+    record = fake_record(tb.plan_profiles(manifest, tb.EngineOptions()))
 
     def broken_replace(src: Any, dst: Any) -> None:
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
-        tb.record_engine(export, section)
+        manifest.with_engine(record).write(export)
     assert (export / "manifest.json").read_bytes() == before
-    assert sorted(p.name for p in export.iterdir()) == ["manifest.json"]
+    assert sorted(p.name for p in export.iterdir()) == files  # no temporary file left
 
 
 @pytest.mark.parametrize(("version", "cc", "expected"), [
@@ -168,21 +193,18 @@ def test_failed_manifest_write_leaves_the_old_file(tmp_path: Path, monkeypatch: 
     ("11.1.0.106", "8.6", ["TensorRT 11.1.0.106", "this GPU is 8.6"]),
 ])
 def test_version_or_gpu_mismatch_says_how_to_rebuild(version: str, cc: str, expected: list[str]) -> None:
-    section = fake_record(tb.plan_profiles(make_manifest(ENCODER), tb.EngineOptions())).to_section()
+    record = fake_record(tb.plan_profiles(make_manifest(ENCODER), tb.EngineOptions()))
     with pytest.raises(EngineError) as info:
-        tbe.check_engine_compatibility(section, tensorrt_version=version, compute_capability=cc, gpu_name="H100",
+        tbe.check_engine_compatibility(record, tensorrt_version=version, compute_capability=cc, gpu_name="H100",
                                        export_dir="/exports/enc")
     for pattern in expected:
         assert re.search(pattern, str(info.value)), str(info.value)
     assert "rerank-export engine /exports/enc --overwrite" in str(info.value)
 
 
-def test_engine_section_must_exist_and_be_complete() -> None:
+def test_an_export_without_an_engine_says_how_to_build_one() -> None:
     with pytest.raises(EngineError, match=r"has no TensorRT engine.*rerank-export engine /x"):
-        tbe.engine_section(make_manifest(ENCODER), "/x")
-    with pytest.raises(ArtifactError, match=r"lacks \['engine_bytes', 'profiles'\]"):
-        tbe.engine_section({"tensorrt": {"tensorrt_version": "10", "compute_capability": "8.9", "gpu_name": "g",
-                                         "engine_file": "model.engine"}}, "/x")
+        tbe.engine_record(make_manifest(ENCODER), "/x")
 
 
 @pytest.mark.parametrize(("batch", "length", "index"), [(1, 1, 0), (B, 64, 0), (1, 65, 1), (5, 300, 3), (B, 512, 3)])
@@ -210,16 +232,6 @@ def test_select_profile_beyond_the_artifact_points_at_max_length() -> None:
         tbe.select_profile(profiles, 2, 384, "/e", manifest)
 
 
-def test_check_request() -> None:
-    manifest = make_manifest(LIGHTWEIGHT, ratio=2, compress_layers=(2,))
-    tbe.check_request(manifest, GraphRequest(((3, 1),), 2, (2,)))
-    with pytest.raises(UnsupportedRequestError, match=r"no output \['score_l4_h2'\].*layer 2 \(head 0\), layer 3"):
-        tbe.check_request(manifest, GraphRequest(((4, 2),), 2, (2,)))
-    with pytest.raises(UnsupportedRequestError, match=r"compress_ratio=4.*exported with compress_ratio=2"):
-        tbe.check_request(manifest, GraphRequest(((2, 0),), 4, (2,)))
-    tbe.check_request(make_manifest(DECODER), GraphRequest())
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # missing dependencies, import boundary
 
@@ -228,30 +240,27 @@ no_tensorrt = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not Non
 
 @no_tensorrt
 def test_build_without_tensorrt_says_what_to_install(tmp_path: Path) -> None:
-    export = write_export(tmp_path / "exp", make_manifest(ENCODER))
-    (export / "model.onnx").write_bytes(b"not read before the import")
+    engine_export(tmp_path / "exp")
     with pytest.raises(MissingDependencyError, match=r"tensorrt is required for native TensorRT engines.*"
-                                                     r"pip install '\.\[trt\]' from a clone .*pypi\.nvidia\.com"):
-        tb.build_engine(export, tb.EngineOptions(), progress=lambda _: None)
+                                                     + re.escape(f"`pip install '{REPO}[trt]'`")
+                                                     + ".*pypi\\.nvidia\\.com"):
+        tb.build_engine(tmp_path / "exp", tb.EngineOptions(), progress=lambda _: None)
+
+
+def with_fake_engine(export: Path, manifest: Manifest, engine: bytes = b"x" * 11) -> Manifest:
+    """The export recording an 11-byte engine (fake_record), with `engine` as model.engine."""
+    (export / "model.engine").write_bytes(engine)
+    recorded = manifest.with_engine(fake_record(tb.plan_profiles(manifest, tb.EngineOptions()),
+                                                engine_sha256=hashlib.sha256(b"x" * 11).hexdigest()))
+    recorded.write(export)
+    return recorded
 
 
 @no_tensorrt
 def test_backend_without_tensorrt_says_what_to_install(tmp_path: Path) -> None:
-    manifest = make_manifest(ENCODER)
-    manifest["tensorrt"] = fake_record(tb.plan_profiles(manifest, tb.EngineOptions())).to_section()
-    export = write_export(tmp_path / "exp", manifest)
-    (export / "model.engine").write_bytes(b"x" * 11)
-    with pytest.raises(MissingDependencyError, match=r"pip install '\.\[trt\]' from a clone of the bge-rerank-fast"):
-        tbe.TensorRTBackend(export, manifest)
-
-
-def test_backend_checks_the_engine_file_before_importing_tensorrt(tmp_path: Path) -> None:
-    manifest = make_manifest(ENCODER)
-    manifest["tensorrt"] = fake_record(tb.plan_profiles(manifest, tb.EngineOptions())).to_section()
-    export = write_export(tmp_path / "exp", manifest)
-    (export / "model.engine").write_bytes(b"x" * 5)
-    with pytest.raises(ArtifactError, match=r"expected the 11-byte engine .* found 5 bytes"):
-        tbe.TensorRTBackend(export, manifest)
+    manifest = with_fake_engine(tmp_path, engine_export(tmp_path))
+    with pytest.raises(MissingDependencyError, match=re.escape(f"pip install '{REPO}[trt]'")):
+        tbe.TensorRTBackend(tmp_path, manifest)
 
 
 def test_importing_the_engine_modules_loads_nothing_heavy() -> None:
@@ -262,28 +271,18 @@ def test_importing_the_engine_modules_loads_nothing_heavy() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the tiny ONNX fixtures (trt_fixtures.py), checked on ONNX Runtime CPU
+# the tiny export (tiny_export.py), checked on ONNX Runtime CPU
 
 @pytest.mark.parametrize(("kind", "precision", "tolerance"), [
     (ENCODER, "fp32", 1e-5), (LAYERWISE, "fp32", 1e-5), (LIGHTWEIGHT, "fp32", 1e-5), (ENCODER, "fp16", 2e-2)])
-def test_tiny_fixture_graphs_compute_what_they_should(tmp_path: Path, kind: str, precision: str,
-                                                      tolerance: float) -> None:
-    rng = np.random.default_rng(0)
-    model, manifest = tiny_onnx(kind, precision, rng)
-    from onnx import numpy_helper
-
-    emb = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}  # before saving moves them out
-    export = save_export(tmp_path / kind, model, manifest)
-    assert (export / "model.onnx.data").is_file()
+def test_the_tiny_export_computes_what_it_should(tmp_path: Path, kind: str, precision: str, tolerance: float) -> None:
+    manifest = engine_export(tmp_path / kind, kind, precision)
+    assert (tmp_path / kind / "model.onnx.data").is_file()
     feeds = tiny_feeds(manifest, 3, 20, np.random.default_rng(1))
-    h = emb["emb"].reshape(VOCAB, HIDDEN)[feeds["input_ids"]] * feeds["attention_mask"][..., None]
-    if kind == LIGHTWEIGHT:
-        idx, w = feeds["compress_index_0"], feeds["compress_weight_0"]
-        h = (h[np.arange(3)[:, None, None], idx] * w[..., None]).sum(2)
-    t = np.tanh(h.sum(1))
-    got = ort_cpu(export, feeds)
-    for i, out in enumerate(manifest["graph"]["outputs"]):
-        np.testing.assert_allclose(got[out["name"]], t @ emb[f"w{i}"], rtol=tolerance, atol=tolerance)
+    got = ort_cpu(tmp_path / kind, feeds)
+    heads = {"score": (1.0, 0.0), "score_l2_h0": (1.0, 0.0), "score_l3_h1": (-2.0, 0.5)}
+    for name in manifest.exit_names():
+        np.testing.assert_allclose(got[name], expected(feeds, *heads[name]), rtol=tolerance, atol=tolerance)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -298,40 +297,41 @@ gpu = pytest.mark.skipif(_NO_TRT is not None, reason=_NO_TRT or "")
 @pytest.mark.parametrize(("kind", "precision", "tolerance"), [
     (ENCODER, "fp32", 1e-4), (LAYERWISE, "fp32", 1e-4), (LIGHTWEIGHT, "fp32", 1e-4), (ENCODER, "fp16", 2e-2)])
 def test_engine_matches_onnx_runtime_cpu(tmp_path: Path, kind: str, precision: str, tolerance: float) -> None:
-    model, manifest = tiny_onnx(kind, precision, np.random.default_rng(0))
-    export = save_export(tmp_path / kind, model, manifest)
+    engine_export(tmp_path / kind, kind, precision)
+    export = tmp_path / kind
     messages: list[str] = []
     options = tb.EngineOptions(max_batch_size=8, length_buckets=(32, 64))
     assert tb.build_engine(export, options, progress=messages.append) == export / "model.engine"
     assert any("wrote" in m for m in messages), messages
-    manifest = json.loads((export / "manifest.json").read_text())
-    assert [p["max_length"] for p in manifest["tensorrt"]["profiles"]] == [32, 64, 300]
-    request = GraphRequest(tuple(map(tuple, manifest["exits"])), manifest["compress_ratio"],
-                           tuple(manifest["compress_layers"]))
+    manifest = Manifest.read(export)
+    assert manifest.tensorrt is not None and [p.max_length for p in manifest.tensorrt.profiles] == [32, 64, 300]
+    request = GraphRequest(manifest.exits, manifest.compress_ratio, manifest.compress_layers)
     rng = np.random.default_rng(2)
     for graphs in (False, True):
         with tbe.TensorRTBackend(export, manifest, 0, use_cuda_graphs=graphs) as backend:
-            backend.check(request)
+            front = GraphFront(ServedGraph.of(manifest, export), backend)
+            front.check(request)
             for batch, length in [(1, 5), (3, 32), (8, 40), (2, 300), (3, 32)]:
                 feeds = tiny_feeds(manifest, batch, length, rng)
                 want = ort_cpu(export, feeds)
-                got = backend.run(request, feeds)
+                got = front.run(request, feeds)
                 for name, scores in zip(request.output_names, got):
                     assert scores.dtype == np.float32 and scores.shape == (batch,)
                     np.testing.assert_allclose(scores, want[name], rtol=tolerance, atol=tolerance)
             with pytest.raises(UnsupportedRequestError, match="--max-batch-size 9"):
-                backend.run(request, tiny_feeds(manifest, 9, 8, rng))
+                front.run(request, tiny_feeds(manifest, 9, 8, rng))
 
 
 @pytest.mark.trt
 @gpu
 def test_engine_from_another_tensorrt_is_refused(tmp_path: Path) -> None:
-    model, manifest = tiny_onnx(ENCODER, "fp32", np.random.default_rng(0))
-    export = save_export(tmp_path / "enc", model, manifest)
+    engine_export(tmp_path / "enc")
+    export = tmp_path / "enc"
     tb.build_engine(export, tb.EngineOptions(max_batch_size=2, length_buckets=(64,)), progress=lambda _: None)
-    with pytest.raises(EngineError, match="exists; pass overwrite=True"):
+    with pytest.raises(ExportError, match="exists; pass overwrite=True"):
         tb.build_engine(export, tb.EngineOptions(max_batch_size=2), progress=lambda _: None)
-    manifest = json.loads((export / "manifest.json").read_text())
-    manifest["tensorrt"]["tensorrt_version"] = "9.0.0"
+    manifest = Manifest.read(export)
+    assert manifest.tensorrt is not None
+    older = manifest.with_engine(replace(manifest.tensorrt, tensorrt_version="9.0.0"))
     with pytest.raises(EngineError, match=r"built with TensorRT 9\.0\.0"):
-        tbe.TensorRTBackend(export, manifest)
+        tbe.TensorRTBackend(export, older)

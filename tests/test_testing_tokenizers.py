@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from tokenizers import Tokenizer
 from rerank_export.testing.corpus import PROMPT, corpus
 from rerank_export.testing.pairs import benchmark_pairs, parity_pairs
 from rerank_export.testing.tokenizers import BYTE_TOKENS, STYLES, write_tokenizer
-from rerank_runtime.errors import UnknownFamilyError, UnsupportedRequestError
+from rerank_runtime.errors import ExportError, UnknownFamilyError
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -93,10 +92,8 @@ def run_transformers(python: str, built: Path) -> dict[str, Any]:
     return json.loads(proc.stdout)
 
 
-def test_corpus_is_deterministic_cheap_and_multilingual() -> None:
-    start = time.perf_counter()
+def test_corpus_is_deterministic_and_multilingual() -> None:
     lines = corpus()
-    assert time.perf_counter() - start < 1.0
     assert lines == corpus() and len(lines) > 3000
     text = "\n".join(lines)
     for sample in ("ü", "é", "ñ", "Д", "天", "の", "ب", "ह", "😀", "7", "\n", "?"):
@@ -171,7 +168,7 @@ def test_config_defaults_and_overrides(built: Path, tmp_path: Path) -> None:
 def test_bad_arguments_raise_typed_errors(tmp_path: Path) -> None:
     with pytest.raises(UnknownFamilyError, match="known styles"):
         write_tokenizer("bert", tmp_path)
-    with pytest.raises(UnsupportedRequestError, match="padding_side"):
+    with pytest.raises(ExportError, match="padding_side"):
         write_tokenizer("gemma", tmp_path, padding_side="middle")
 
 
@@ -198,7 +195,7 @@ def test_benchmark_pairs_spread_and_determinism() -> None:
     words = sorted(len(p.split()) for _, p in pairs)
     assert words[0] >= 32 and words[-1] <= 512
     assert words[len(words) // 4] < 90 and words[3 * len(words) // 4] > 180  # log-uniform: quartiles ~64, ~256
-    with pytest.raises(UnsupportedRequestError):
+    with pytest.raises(ExportError):
         benchmark_pairs(4, min_tokens=100, max_tokens=10)
 
 

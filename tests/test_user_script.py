@@ -16,9 +16,7 @@ from typing import Any
 import numpy as np
 
 from rerank_export.testing.pairs import parity_pairs
-from rerank_runtime.tolerances import tolerance
-
-FP32 = tolerance("fp32", "cpu")
+from close import FP32, assert_close
 FAMILIES = ("gemma", "xlm_roberta", "gemma2_lightweight")
 
 SCRIPT = """\
@@ -56,16 +54,9 @@ def run_script(text: str, folder: Path, pairs: list[list[str]]) -> dict[str, Any
     path = folder / "score.py"
     path.write_text(text)
     proc = subprocess.run([sys.executable, str(path)], input=json.dumps(pairs), capture_output=True, text=True,
-                          cwd=folder, timeout=300, check=False)  # fmt: skip
+                          cwd=folder, timeout=300, check=False)
     assert proc.returncode == 0, f"{path} failed:\n{proc.stderr[-3000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def close(got: Any, want: Any, what: str) -> None:
-    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
-    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
-    diff = np.abs(got - want)
-    assert np.all(diff <= FP32.atol + FP32.rtol * np.abs(want)), f"{what}: max abs diff {diff.max():.3g}"
 
 
 def test_the_same_script_on_reference_and_runtime(checkpoint, exported, tmp_path):
@@ -85,5 +76,5 @@ def test_the_same_script_on_reference_and_runtime(checkpoint, exported, tmp_path
     assert isinstance(ours["llm_single"], float)
     assert len(ours["llm"]) == len(pairs) and len(ours["light"]) == 2
     for key in ("llm", "llm_single", "encoder", "light"):
-        close(ours[key], ref[key], key)
+        assert_close(ours[key], ref[key], key)
     assert np.ptp(ours["llm"]) > 1e3 * FP32.atol

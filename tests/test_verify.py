@@ -73,9 +73,9 @@ def test_the_reference_side_is_checked_too(monkeypatch, checkpoint, tmp_path):
 
     out = export_onnx(ExportOptions(model=str(checkpoint("xlm_roberta")), output=str(tmp_path / "out"), verify=False),
                       Progress([], quiet=True))
-    from rerank_export.reference import TorchBackend
+    from rerank_export.reference import TorchGraph
 
-    monkeypatch.setattr(TorchBackend, "run", lambda self, request, feeds: [
-        np.full(len(feeds["input_ids"]), np.nan, dtype=np.float32) for _ in request.output_names])
+    monkeypatch.setattr(TorchGraph, "run", lambda self, names, feeds: [
+        np.full(len(feeds["input_ids"]), np.nan, dtype=np.float32) for _ in names])
     with pytest.raises(ParityError, match=r"the fp32 PyTorch reference scored probe pair 0 .*as nan on output 'score'"):
         verify_module.verify(out, checkpoint("xlm_roberta"), ENCODER, "fp32", 512, {})

@@ -20,10 +20,6 @@ def get_family(name: str) -> FamilySpec:
         raise UnknownFamilyError(f"unknown model family {name!r}; known families: {sorted(REGISTRY)}") from None
 
 
-def family_for_class(model_class: str) -> list[FamilySpec]:
-    return [f for f in REGISTRY.values() if f.model_class == model_class]
-
-
 def detect_family(config: Config, model_class: str | None = None) -> FamilySpec:
     """The family whose architectures match config.json (restricted to a FlagEmbedding kind when given)."""
     found = [f for f in REGISTRY.values() if f.matches(config) and (model_class is None or f.model_class == model_class)]
@@ -38,4 +34,4 @@ def detect_family(config: Config, model_class: str | None = None) -> FamilySpec:
     )
 
 
-__all__ = ["REGISTRY", "FamilySpec", "get_family", "detect_family", "family_for_class"]
+__all__ = ["REGISTRY", "FamilySpec", "get_family", "detect_family"]

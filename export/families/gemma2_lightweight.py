@@ -1,6 +1,7 @@
 """bge-reranker-v2.5-gemma2-lightweight: Gemma-2 with layer exits and in-model token compression.
 
-FlagEmbedding 1.4.2 quirks reproduced on purpose (reference sections 5.4-5.6):
+FlagEmbedding 1.4.2 quirks reproduced on purpose (docs/flagembedding-behaviour.md: Lightweight exits, Token
+compression):
 - the i-th requested exit is scored with lm_head[i] (its position in the sorted cutoff list), not layer - start;
 - attention runs under SDPA, where Gemma-2's attention-logit soft-cap (50) is NOT applied; the final 30*tanh(x/30)
   soft-cap is;

@@ -1,7 +1,8 @@
 """bge-reranker-v2-minicpm-layerwise: MiniCPM with one score head per layer from start_layer.
 
 Exit (L, H) scores FinalNorm(state after L layers) with lm_head[H]; FlagEmbedding's head for layer L is
-L - start_layer (section 4.3), and its pairing quirk for unsorted cutoff lists is applied on the host.
+L - start_layer, and its pairing quirk for unsorted cutoff lists is applied on the host (docs/flagembedding-behaviour.md,
+Layerwise cutoff layers).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ the host computes (rerank_runtime.compression), so no shape inside the graph dep
 
 Precision: every norm, the residual stream, the softmax, the rotary maths and the score heads run in fp32; only
 Linear/Embedding weights (and the matmuls that use them) follow the dtype they are cast to. In fp32 this is exactly
-FlagEmbedding's arithmetic; in fp16 it keeps Gemma's large activations from overflowing (gpu-apis.md section 5).
+FlagEmbedding's arithmetic; in fp16 it keeps Gemma's large activations (beyond fp16's largest value, 65504) finite.
 """
 
 from __future__ import annotations

@@ -44,8 +44,8 @@ def cache_root() -> Path:
     return Path(os.environ.get("RERANK_CACHE", Path.home() / ".cache" / "rerank"))
 
 
-def builtin_checkpoint(name: str, root: Path | None = None) -> Path:
-    """The directory of a built-in model, generated (and trained) on first use, atomically, and reused afterwards.
+def builtin_path(name: str, root: Path | None = None) -> Path:
+    """Where the built-in model `name` is cached (RERANK_CACHE/checkpoints by default), generated or not.
 
     Trained models live under a key of the format and training versions and of the recipe itself, so that changing
     any of them trains afresh instead of reusing a stale copy.
@@ -53,13 +53,19 @@ def builtin_checkpoint(name: str, root: Path | None = None) -> Path:
     family, size, trained = BUILTIN[name]
     base = root or cache_root() / "checkpoints"
     if not trained:
-        out = base / f"v{FORMAT_VERSION}" / name
-        if not (out / "config.json").is_file():
-            write_checkpoint(family, size, out)
-        return out
-    out = base / f"v{FORMAT_VERSION}-trained" / f"{name}-{training_key(family, size)}"
+        return base / f"v{FORMAT_VERSION}" / name
+    return base / f"v{FORMAT_VERSION}-trained" / f"{name}-{training_key(family, size)}"
+
+
+def builtin_checkpoint(name: str, root: Path | None = None) -> Path:
+    """The directory of a built-in model, generated (and trained) on first use, atomically, and reused afterwards."""
+    family, size, trained = BUILTIN[name]
+    out = builtin_path(name, root)
     if not (out / "config.json").is_file():
-        write_trained_checkpoint(family, size, out)
+        if trained:
+            write_trained_checkpoint(family, size, out)
+        else:
+            write_checkpoint(family, size, out)
     return out
 
 

@@ -6,7 +6,7 @@ import math
 import random
 import re
 
-from rerank_runtime.errors import UnsupportedRequestError
+from rerank_runtime.errors import ExportError
 
 from .corpus import MULTILINGUAL, NAMES, NOUNS, PLACES, PROMPT, TOPICS, english_sentences
 
@@ -74,7 +74,7 @@ def benchmark_pairs(n: int, seed: int = 0, min_tokens: int = 32, max_tokens: int
     always give the same pairs.
     """
     if n < 0 or not 1 <= min_tokens <= max_tokens:
-        raise UnsupportedRequestError(
+        raise ExportError(
             f"need n >= 0 and 1 <= min_tokens <= max_tokens; got n={n}, min_tokens={min_tokens}, "
             f"max_tokens={max_tokens}"
         )

@@ -30,7 +30,7 @@ from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from rerank_runtime.errors import ArtifactError, UnknownFamilyError, UnsupportedRequestError
+from rerank_runtime.errors import ArtifactError, ExportError, UnknownFamilyError
 
 from .corpus import corpus
 
@@ -93,10 +93,10 @@ def write_tokenizer(
     spec = _style(style)
     side = spec.padding_side if padding_side is None else padding_side
     if side not in ("left", "right"):
-        raise UnsupportedRequestError(f"padding_side must be 'left' or 'right', got {side!r}")
+        raise ExportError(f"padding_side must be 'left' or 'right', got {side!r}")
     size = spec.vocab_size if vocab_size is None else vocab_size
     if size < MIN_VOCAB_SIZE:
-        raise UnsupportedRequestError(
+        raise ExportError(
             f"vocab_size {size} is too small for style {style!r} (specials + 256 byte tokens + merges); "
             f"use at least {MIN_VOCAB_SIZE}"
         )

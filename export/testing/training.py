@@ -51,7 +51,7 @@ class TrainingRecipe:
 
 
 class _Recorder:
-    """A Backend that runs no graph: it keeps the last request and feeds, and scores each row with its own index."""
+    """A spec.Front that runs no graph: it keeps the last request and feeds, and scores each row with its own index."""
 
     concurrency = 1
 
@@ -109,9 +109,9 @@ class _Feeder:
     def __init__(self, loaded: Loaded, name: str) -> None:
         from rerank_runtime.rerankers import FlagAutoReranker
 
-        self.backend = loaded.backend
-        self.recorder = _Recorder(loaded.backend)
-        self.reranker = FlagAutoReranker.from_loaded(replace(loaded, backend=self.recorder), name)
+        self.model = loaded.front.models[0]  # a ReferenceFront: the reference's torch model on its device
+        self.recorder = _Recorder(loaded.front)
+        self.reranker = FlagAutoReranker.from_loaded(replace(loaded, front=self.recorder), name)
 
     def __call__(self, pairs: list[list[str]], grades: list[float],
                  call: dict[str, Any]) -> tuple[GraphRequest, Any, Any]:
@@ -124,7 +124,7 @@ class _Feeder:
         target = torch.empty(len(pairs))
         target[torch.from_numpy(rows.astype(np.int64))] = torch.tensor(grades)
         request = self.recorder.request
-        return request, self.backend.inputs(request, self.recorder.feeds), target
+        return request, self.model.inputs(request, self.recorder.feeds), target
 
 
 def train_checkpoint(directory: Path, recipe: TrainingRecipe) -> dict[str, Any]:
@@ -141,7 +141,8 @@ def train_checkpoint(directory: Path, recipe: TrainingRecipe) -> dict[str, Any]:
     with one_thread():
         torch.manual_seed(recipe.seed)
         loaded = load_reference(directory, model_class=None)
-        model, config, family = loaded.backend.model, loaded.backend.config, loaded.backend.family
+        reference = loaded.front.models[0]  # a ReferenceFront: the reference's torch model on its device
+        model, config, family = reference.model, reference.config, reference.family
         feed = _Feeder(loaded, str(directory))
         pairs, grades = relevance_pairs(recipe.steps * recipe.batch_size, recipe.seed, recipe.max_sentences)
         rng = random.Random(recipe.seed)
