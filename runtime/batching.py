@@ -32,7 +32,7 @@ def padded_length(length: int, multiple: int | None) -> int:
 
 # What one more batch costs, in padded tokens: ONNX Runtime runs a batch of n tokens less efficiently than part of a
 # larger one (fixed per-run work, smaller matmuls), so cutting a batch to save less padding than this loses time.
-# Measured on the mid models, 2 threads (benchmarks/README.md, "No padding").
+# Chosen from A/B runs on the mid models, 2 threads (benchmarks/README.md, "No padding").
 BATCH_OVERHEAD_TOKENS = 512
 
 
