@@ -34,6 +34,11 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("bf16", "cuda"): Tolerance(1.5e-1, 5e-2, 0.98),
     ("bf16", "tensorrt"): Tolerance(1.5e-1, 5e-2, 0.98),
     ("int8", "cpu"): Tolerance(float("inf"), 0.0, 0.99),  # judged by ranking only
+    # FlagEmbedding itself, batched, against the reference (the benchmark's yardstick, not an artifact): on left-padded
+    # decoder batches transformers numbers positions from the first pad, so its rotary angles, and in the last bits its
+    # scores, move with the batch's padding. Measured on the trained mid Gemma: 3.6e-5 between FlagEmbedding batched
+    # and one pair at a time; the reference fed FlagEmbedding's position offsets matches it within 1.5e-6.
+    ("fp32", "flagembedding"): Tolerance(1e-4, 1e-5, 0.9999),
 }
 
 
