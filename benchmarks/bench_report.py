@@ -162,7 +162,7 @@ def targets(records: list[dict[str, Any]]) -> list[str]:
              f"| encoder >= {t['encoder_vs_st']}x sentence-transformers' best ONNX export | "
              f"{_verdict(encoder, t['encoder_vs_st'], '{:.2f}x')} |",
              f"| useful FLOPs >= {t['efficiency']:.0%} of ONNX Runtime's MatMul rate, every kind (runtime fp32) | "
-             f"{_verdict(efficiency, t['efficiency'], '{:.0%}')} |",
+             f"{_verdict(efficiency, t['efficiency'], '{:.2%}')} |",
              f"| int8 >= {t['int8_vs_flagembedding']}x FlagEmbedding fp32 pairs/s, every kind | "
              f"{_verdict(int8, t['int8_vs_flagembedding'], '{:.2f}x')} |",
              f"| int8 Spearman >= {t['int8_spearman']} and the same top 10 of the latency query, every kind | "
