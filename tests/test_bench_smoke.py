@@ -276,6 +276,6 @@ def test_report_judges_the_targets(tmp_path):
     text = "\n".join(bench_report.targets(records))
     assert "**missed**: 2.00x (gemma), 3.00x (xlm-roberta)" in text  # fp32 vs FlagEmbedding, bar 2.5x
     assert "met: 1.20x (xlm-roberta, best: st-onnx-o2)" in text  # the best ST export is the yardstick
-    assert "**missed**: 7% (gemma), 70% (xlm-roberta)" in text  # useful GFLOP/s over the ORT MatMul probe
+    assert "**missed**: 7.00% (gemma), 70.00% (xlm-roberta)" in text  # useful GFLOP/s over the ORT MatMul probe
     assert "met: 3.75x (xlm-roberta)" in text and "met: 0.9950 (xlm-roberta); top 10: xlm-roberta **differs**" in text
     assert "**missed** for xlm-roberta/flagembedding" in text  # throughput timed but no latency p50
