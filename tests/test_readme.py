@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from serve_util import free_port
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 SHELL = {"", "bash", "sh", "shell"}
@@ -80,12 +80,6 @@ def parse(text: str) -> tuple[list[Block], list[int]]:
 
 BLOCKS, STRAY = parse(README.read_text(encoding="utf-8"))
 RUN = [b for b in BLOCKS if b.lang in ("python", "bash")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Session:
